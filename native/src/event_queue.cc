@@ -1,0 +1,154 @@
+#include "event_queue.h"
+
+#include <time.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "event_loop.h"
+
+namespace virtbus {
+
+namespace {
+std::atomic<uint64_t> g_seq{0};
+
+int64_t ClockMicros(clockid_t clock) noexcept {
+  struct timespec ts;
+  clock_gettime(clock, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+}  // namespace
+
+uint64_t NextSeq() noexcept { return g_seq.fetch_add(1, std::memory_order_relaxed) + 1; }
+
+void StampNow(EventSlot& slot) noexcept {
+  slot.wallMicros = ClockMicros(CLOCK_REALTIME);
+  slot.monoMicros = ClockMicros(CLOCK_MONOTONIC);
+}
+
+void CopyName(EventSlot& slot, const char* name) noexcept {
+  if (name == nullptr) name = "";
+  size_t len = strnlen(name, kNameBuf);
+  bool truncated = len >= kNameBuf;
+  if (truncated) {
+    len = kNameBuf - 1;
+    // Do not split a UTF-8 sequence: back up over continuation bytes to the lead byte, and drop
+    // the lead byte too if its sequence would not fit.
+    size_t cut = len;
+    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) cut--;
+    len = cut;
+  }
+  memcpy(slot.name, name, len);
+  slot.name[len] = '\0';
+  slot.nameLen = static_cast<uint16_t>(len);
+  slot.nameTruncated = truncated;
+}
+
+EventQueue& EventQueue::Get() {
+  static EventQueue* instance = new EventQueue();
+  return *instance;
+}
+
+EventQueue::EventQueue() : ring_(kDefaultCapacity) { closes_.reserve(64); }
+
+bool EventQueue::Push(EventSlot& slot, FullPolicy policy, const std::atomic<bool>* abort) noexcept {
+  bool stored = false;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (policy == FullPolicy::kWait) {
+      while (count_ == ring_.size() && !(abort != nullptr && abort->load(std::memory_order_acquire))) {
+        waiters_++;
+        // Timed, so a missed notification or a teardown can never wedge the producer.
+        spaceCv_.wait_for(lock, std::chrono::milliseconds(1));
+        waiters_--;
+      }
+    }
+    slot.seq = NextSeq();
+    if (count_ < ring_.size()) {
+      size_t tail = head_ + count_;
+      if (tail >= ring_.size()) tail -= ring_.size();
+      ring_[tail] = slot;
+      count_++;
+      enqueued_++;
+      if (count_ > highWater_) highWater_ = count_;
+      stored = true;
+    } else {
+      dropped_++;
+      overflowSinceDrain_++;
+    }
+  }
+  RequestWake();
+  return stored;
+}
+
+void EventQueue::PushClose(uint32_t connectionId, int reason) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    try {
+      closes_.push_back(CloseItem{connectionId, reason});
+    } catch (...) {
+      // Out of memory for a 8-byte item: nothing sensible left to do. The reserve makes this moot
+      // for any realistic number of connections.
+    }
+  }
+  RequestWake();
+}
+
+size_t EventQueue::Take(size_t max, std::vector<EventSlot>& events, std::vector<CloseItem>& closes,
+                        uint64_t& overflowed) {
+  events.clear();
+  closes.clear();
+  size_t remaining;
+  bool notify;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t n = count_ < max ? count_ : max;
+    if (n > 0) {
+      events.resize(n);
+      size_t first = ring_.size() - head_;
+      if (first > n) first = n;
+      memcpy(static_cast<void*>(events.data()), &ring_[head_], first * sizeof(EventSlot));
+      if (n > first) memcpy(static_cast<void*>(events.data() + first), ring_.data(), (n - first) * sizeof(EventSlot));
+      head_ += n;
+      if (head_ >= ring_.size()) head_ -= ring_.size();
+      count_ -= n;
+      if (count_ == 0) head_ = 0;
+    }
+    closes.swap(closes_);
+    // The JS thread allocates, so a producer's push_back never has to (for < 64 pending closes).
+    if (closes_.capacity() < 64) closes_.reserve(64);
+    overflowed = overflowSinceDrain_;
+    overflowSinceDrain_ = 0;
+    remaining = count_;
+    notify = waiters_ > 0 && n > 0;
+  }
+  if (notify) spaceCv_.notify_all();
+  return remaining;
+}
+
+bool EventQueue::SetCapacity(size_t capacity, std::string* why) {
+  std::vector<EventSlot> fresh(capacity);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (count_ != 0) {
+    *why = "setQueueCapacity: the queue is not empty (drain it first)";
+    return false;
+  }
+  ring_.swap(fresh);
+  head_ = 0;
+  highWater_ = 0;
+  return true;
+}
+
+QueueStatsSnapshot EventQueue::Stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return QueueStatsSnapshot{count_, ring_.size(), highWater_, dropped_, enqueued_};
+}
+
+bool EventQueue::HasPending() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return count_ > 0 || !closes_.empty();
+}
+
+void EventQueue::NotifySpace() { spaceCv_.notify_all(); }
+
+}  // namespace virtbus

@@ -1,0 +1,422 @@
+/**
+ * The configuration schema: every key virtbus reads, with its doc, format, default, environment
+ * variable and command-line flag. Sources, lowest to highest: these defaults → config/default.json →
+ * files named in VIRTBUS_CONFIG (comma-separated) → environment → command-line flags.
+ * `docs/configuration.md` and README's table are generated from this file (scripts/gen-config-doc).
+ */
+import { hostname } from 'node:os';
+
+/** A convict format: an array of non-empty strings (env: comma-separated). */
+const stringList = {
+  name: 'string-list',
+  validate(value: unknown): void {
+    if (!Array.isArray(value) || value.some((item) => typeof item !== 'string' || item.length === 0)) {
+      throw new Error('must be a list of non-empty strings');
+    }
+  },
+  coerce(value: unknown): unknown {
+    return typeof value === 'string'
+      ? value
+          .split(',')
+          .map((item) => item.trim())
+          .filter((item) => item.length > 0)
+      : value;
+  },
+};
+
+/** A TCP port, or null for "the role's default". */
+const optionalPort = {
+  name: 'optional-port',
+  validate(value: unknown): void {
+    if (value === null) return;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 65535) {
+      throw new Error('must be an integer port 0-65535 (0 = pick a free port)');
+    }
+  },
+  coerce(value: unknown): unknown {
+    return typeof value === 'string' && value !== '' ? Number(value) : value;
+  },
+};
+
+/** One or more AMQP URLs (comma-separated): the bridge and consumer round-robin over them. */
+const amqpUrls = {
+  name: 'amqp-urls',
+  validate(value: unknown): void {
+    if (typeof value !== 'string' || value.trim() === '')
+      throw new Error('must be an amqp:// or amqps:// URL');
+    for (const url of value.split(',')) {
+      let parsed: URL;
+      try {
+        parsed = new URL(url.trim());
+      } catch {
+        throw new Error('must be an amqp:// or amqps:// URL (comma-separated for a cluster)');
+      }
+      if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+        throw new Error(`scheme ${parsed.protocol} is not amqp: or amqps:`);
+      }
+    }
+  },
+};
+
+/** sqlite:<path> or postgres://… */
+const dbUrl = {
+  name: 'db-url',
+  validate(value: unknown): void {
+    if (typeof value !== 'string' || !/^(sqlite:.+|postgres(ql)?:\/\/.+)$/.test(value)) {
+      throw new Error('must be sqlite:<path> or postgres://user@host:port/db');
+    }
+  },
+};
+
+/** An AMQP topic-exchange or queue name: non-empty, at most 255 bytes. */
+const amqpName = {
+  name: 'amqp-name',
+  validate(value: unknown): void {
+    if (typeof value !== 'string' || value.length === 0 || Buffer.byteLength(value) > 255) {
+      throw new Error('must be a non-empty name of at most 255 bytes');
+    }
+  },
+};
+
+const positiveInt = {
+  name: 'positive-int',
+  validate(value: unknown): void {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 1)
+      throw new Error('must be an integer >= 1');
+  },
+  coerce: (value: unknown): unknown => (typeof value === 'string' && value !== '' ? Number(value) : value),
+};
+
+export const customFormats = [stringList, optionalPort, amqpUrls, dbUrl, amqpName, positiveInt];
+
+export const schema = {
+  host: {
+    doc: "This hypervisor host as the instance database knows it (Nova's CONF.host); the routing-key host segment is derived from it.",
+    format: String,
+    default: hostname(),
+    env: 'VIRTBUS_HOST',
+    arg: 'host',
+  },
+  log: {
+    level: {
+      doc: 'Log level (pino): fatal, error, warn, info, debug, trace or silent.',
+      format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      default: 'info',
+      env: 'VIRTBUS_LOG_LEVEL',
+      arg: 'log-level',
+    },
+  },
+  metrics: {
+    host: {
+      doc: 'Address the /metrics, /healthz and /readyz server binds to (loopback by default).',
+      format: String,
+      default: '127.0.0.1',
+      env: 'VIRTBUS_METRICS_HOST',
+      arg: 'metrics-host',
+    },
+    port: {
+      doc: 'Port of the metrics server: null = the role default (bridge 9478, consumer 9479); 0 = pick a free port and log it.',
+      format: 'optional-port',
+      default: null as number | null,
+      env: 'VIRTBUS_METRICS_PORT',
+      arg: 'metrics-port',
+    },
+  },
+  libvirt: {
+    uri: {
+      doc: 'libvirt connection URI (qemu:///system, qemu+tls://host/system, qemu+ssh://…, test+unix:///default?socket=…).',
+      format: String,
+      default: 'qemu:///system',
+      env: 'VIRTBUS_LIBVIRT_URI',
+      arg: 'libvirt-uri',
+    },
+    readOnly: {
+      doc: 'Open the libvirt connection read-only (events and state only; stop commands are then refused).',
+      format: Boolean,
+      default: false,
+      env: 'VIRTBUS_LIBVIRT_READONLY',
+    },
+    keepaliveInterval: {
+      doc: 'Seconds between libvirt keepalive probes (0 disables keepalive).',
+      format: 'nat',
+      default: 5,
+      env: 'VIRTBUS_LIBVIRT_KEEPALIVE_INTERVAL',
+    },
+    keepaliveCount: {
+      doc: 'Unanswered keepalive probes after which the libvirt connection is declared dead.',
+      format: 'positive-int',
+      default: 3,
+      env: 'VIRTBUS_LIBVIRT_KEEPALIVE_COUNT',
+    },
+    username: {
+      doc: 'Username answered to libvirt SASL authentication (empty: none).',
+      format: String,
+      default: '',
+      env: 'VIRTBUS_LIBVIRT_USERNAME',
+    },
+    password: {
+      doc: 'Password answered to libvirt SASL authentication (also VIRTBUS_LIBVIRT_PASSWORD_FILE).',
+      format: String,
+      default: '',
+      sensitive: true,
+      env: 'VIRTBUS_LIBVIRT_PASSWORD',
+    },
+    reconnectInitialDelayMs: {
+      doc: 'First delay before reconnecting to libvirt after a loss; doubles up to reconnectMaxDelayMs, with jitter.',
+      format: 'positive-int',
+      default: 500,
+      env: 'VIRTBUS_LIBVIRT_RECONNECT_INITIAL_DELAY_MS',
+    },
+    reconnectMaxDelayMs: {
+      doc: 'Largest delay between libvirt reconnect attempts.',
+      format: 'positive-int',
+      default: 30000,
+      env: 'VIRTBUS_LIBVIRT_RECONNECT_MAX_DELAY_MS',
+    },
+  },
+  amqp: {
+    url: {
+      doc: 'Broker URL, amqp:// or amqps:// (comma-separated URLs of a cluster are tried round-robin). Also VIRTBUS_AMQP_URL_FILE.',
+      format: 'amqp-urls',
+      default: 'amqp://localhost:5672',
+      sensitive: true,
+      env: 'VIRTBUS_AMQP_URL',
+      arg: 'amqp-url',
+    },
+    exchange: {
+      doc: 'Topic exchange lifecycle messages are published to (durable).',
+      format: 'amqp-name',
+      default: 'virtbus.lifecycle',
+      env: 'VIRTBUS_EXCHANGE',
+      arg: 'exchange',
+    },
+    unroutableExchange: {
+      doc: 'Alternate exchange of the lifecycle exchange: messages no binding matches are kept in the queue of the same name instead of being lost.',
+      format: 'amqp-name',
+      default: 'virtbus.unroutable',
+      env: 'VIRTBUS_UNROUTABLE_EXCHANGE',
+    },
+    commandExchange: {
+      doc: 'Topic exchange carrying stop commands (consumer → bridge) and their outcomes (bridge → consumer).',
+      format: 'amqp-name',
+      default: 'virtbus.commands',
+      env: 'VIRTBUS_COMMAND_EXCHANGE',
+    },
+    format: {
+      doc: 'Lifecycle body format: json (the virtbus.lifecycle/1 object) or oslo (the same fields as the payload of an oslo.messaging v2 envelope).',
+      format: ['json', 'oslo'],
+      default: 'json',
+      env: 'VIRTBUS_AMQP_FORMAT',
+    },
+    heartbeatSeconds: {
+      doc: 'AMQP heartbeat negotiated with the broker, in seconds.',
+      format: 'nat',
+      default: 30,
+      env: 'VIRTBUS_AMQP_HEARTBEAT',
+    },
+    maxInFlight: {
+      doc: 'Most publishes awaiting a broker confirm at once.',
+      format: 'positive-int',
+      default: 2000,
+      env: 'VIRTBUS_AMQP_MAX_IN_FLIGHT',
+    },
+    reconnectInitialDelayMs: {
+      doc: 'First delay before reconnecting to the broker; doubles up to reconnectMaxDelayMs, with jitter.',
+      format: 'positive-int',
+      default: 500,
+      env: 'VIRTBUS_AMQP_RECONNECT_INITIAL_DELAY_MS',
+    },
+    reconnectMaxDelayMs: {
+      doc: 'Largest delay between broker reconnect attempts.',
+      format: 'positive-int',
+      default: 15000,
+      env: 'VIRTBUS_AMQP_RECONNECT_MAX_DELAY_MS',
+    },
+    tls: {
+      caFile: {
+        doc: 'PEM file of CAs trusted for amqps:// (empty: the system store).',
+        format: String,
+        default: '',
+        env: 'VIRTBUS_AMQP_TLS_CA_FILE',
+      },
+      certFile: {
+        doc: 'PEM client certificate for amqps:// (EXTERNAL or mutual TLS).',
+        format: String,
+        default: '',
+        env: 'VIRTBUS_AMQP_TLS_CERT_FILE',
+      },
+      keyFile: {
+        doc: 'PEM private key of the client certificate.',
+        format: String,
+        default: '',
+        env: 'VIRTBUS_AMQP_TLS_KEY_FILE',
+      },
+      passphrase: {
+        doc: 'Passphrase of the client key (also VIRTBUS_AMQP_TLS_PASSPHRASE_FILE).',
+        format: String,
+        default: '',
+        sensitive: true,
+        env: 'VIRTBUS_AMQP_TLS_PASSPHRASE',
+      },
+      verify: {
+        doc: 'Verify the broker certificate and host name. Turning this off is for experiments only.',
+        format: Boolean,
+        default: true,
+        env: 'VIRTBUS_AMQP_TLS_VERIFY',
+      },
+    },
+  },
+  bridge: {
+    stopDelayMs: {
+      doc: 'How long a STOPPED event is held before it is published (Nova: 15 s); any later event for the domain cancels it. 0 disables the delay.',
+      format: 'nat',
+      default: 15000,
+      env: 'VIRTBUS_STOP_DELAY_MS',
+      arg: 'stop-delay-ms',
+    },
+    flushDelayedOnShutdown: {
+      doc: 'On shutdown publish pending delayed STOPPED events instead of cancelling them (Nova cancels; the next start-up snapshot repairs the state either way).',
+      format: Boolean,
+      default: false,
+      env: 'VIRTBUS_FLUSH_DELAYED_ON_SHUTDOWN',
+    },
+    queueCapacity: {
+      doc: "Capacity of the native event queue between libvirt's loop thread and JavaScript; overflow drops, counts and triggers a resync.",
+      format: 'positive-int',
+      default: 16384,
+      env: 'VIRTBUS_NATIVE_QUEUE_CAPACITY',
+    },
+    resyncIntervalSeconds: {
+      doc: "Seconds between periodic full snapshots (Nova's sync_power_state_interval is 600); 0 disables.",
+      format: 'nat',
+      default: 600,
+      env: 'VIRTBUS_RESYNC_INTERVAL',
+    },
+    shutdownTimeoutMs: {
+      doc: 'On SIGTERM/SIGINT, how long to wait for outstanding broker confirms before closing.',
+      format: 'nat',
+      default: 10000,
+      env: 'VIRTBUS_SHUTDOWN_TIMEOUT_MS',
+    },
+    commands: {
+      enabled: {
+        doc: 'Execute stop/force_stop commands sent by the consumer to this host.',
+        format: Boolean,
+        default: true,
+        env: 'VIRTBUS_COMMANDS_ENABLED',
+      },
+      gracefulTimeoutMs: {
+        doc: "How long a graceful shutdown may take before a force_stop falls back to destroy (Nova's shutdown_timeout is 60 s).",
+        format: 'nat',
+        default: 60000,
+        env: 'VIRTBUS_GRACEFUL_SHUTDOWN_TIMEOUT_MS',
+      },
+      destroyOnTimeout: {
+        doc: 'When a graceful shutdown of a stop (not force_stop) times out, destroy the domain (Nova powers off hard after its timeout).',
+        format: Boolean,
+        default: true,
+        env: 'VIRTBUS_DESTROY_ON_TIMEOUT',
+      },
+    },
+  },
+  consumer: {
+    queue: {
+      doc: 'Durable queue the consumer reads lifecycle messages from.',
+      format: 'amqp-name',
+      default: 'virtbus.consumer',
+      env: 'VIRTBUS_CONSUMER_QUEUE',
+      arg: 'queue',
+    },
+    queueType: {
+      doc: 'Type of the consumer queue: quorum (replicated, delivery limit) or classic.',
+      format: ['quorum', 'classic'],
+      default: 'quorum',
+      env: 'VIRTBUS_CONSUMER_QUEUE_TYPE',
+    },
+    bindings: {
+      doc: 'Binding patterns of the consumer queue on the lifecycle exchange (comma-separated in env), e.g. # or cmp-01.*.',
+      format: 'string-list',
+      default: ['#'],
+      env: 'VIRTBUS_CONSUMER_BINDINGS',
+    },
+    hosts: {
+      doc: 'Per-host mode: bind <host-segment>.* for each host listed instead of consumer.bindings.',
+      format: 'string-list',
+      default: [] as string[],
+      env: 'VIRTBUS_CONSUMER_HOSTS',
+    },
+    prefetch: {
+      doc: 'Unacknowledged messages the broker may deliver to this consumer at once.',
+      format: 'positive-int',
+      default: 256,
+      env: 'VIRTBUS_CONSUMER_PREFETCH',
+    },
+    deliveryLimit: {
+      doc: 'Deliveries of one message before the broker dead-letters it (quorum queues), so a poison message cannot loop forever.',
+      format: 'positive-int',
+      default: 5,
+      env: 'VIRTBUS_CONSUMER_DELIVERY_LIMIT',
+    },
+    deadLetterExchange: {
+      doc: 'Exchange rejected lifecycle messages are dead-lettered to (with the reason in header x-virtbus-reason).',
+      format: 'amqp-name',
+      default: 'virtbus.dead-letter',
+      env: 'VIRTBUS_DEAD_LETTER_EXCHANGE',
+    },
+    deadLetterQueue: {
+      doc: 'Queue bound to the dead-letter exchange, for operators to inspect.',
+      format: 'amqp-name',
+      default: 'virtbus.dead-letter',
+      env: 'VIRTBUS_DEAD_LETTER_QUEUE',
+    },
+    mode: {
+      doc: 'nova: act as Nova does (stop/force_stop through the bridge); observe: record what Nova would do and change only power_state.',
+      format: ['nova', 'observe'],
+      default: 'nova',
+      env: 'VIRTBUS_CONSUMER_MODE',
+      arg: 'mode',
+    },
+    stopTimeoutMs: {
+      doc: "How long the consumer waits for a stop command's outcome before clearing task_state and recording the timeout.",
+      format: 'positive-int',
+      default: 180000,
+      env: 'VIRTBUS_STOP_TIMEOUT_MS',
+    },
+    notifications: {
+      enabled: {
+        doc: 'Emit versioned instance.update notifications (oslo.messaging v2 envelope) on power_state, vm_state or task_state changes.',
+        format: Boolean,
+        default: true,
+        env: 'VIRTBUS_NOTIFICATIONS',
+      },
+      exchange: {
+        doc: "Exchange notifications are published to (Nova's control_exchange).",
+        format: 'amqp-name',
+        default: 'nova',
+        env: 'VIRTBUS_NOTIFICATION_EXCHANGE',
+      },
+      topic: {
+        doc: 'Notification topic; the routing key is <topic>.info.',
+        format: 'amqp-name',
+        default: 'versioned_notifications',
+        env: 'VIRTBUS_NOTIFICATION_TOPIC',
+      },
+    },
+  },
+  db: {
+    url: {
+      doc: 'Instance database: sqlite:<path> (embedded, WAL) or postgres://user:password@host:port/db (shared by several consumers). Also VIRTBUS_DB_URL_FILE.',
+      format: 'db-url',
+      default: 'sqlite:./data/virtbus.db',
+      sensitive: true,
+      env: 'VIRTBUS_DB_URL',
+      arg: 'db-url',
+    },
+    poolSize: {
+      doc: 'PostgreSQL connection pool size.',
+      format: 'positive-int',
+      default: 8,
+      env: 'VIRTBUS_DB_POOL_SIZE',
+    },
+  },
+};

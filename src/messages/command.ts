@@ -1,0 +1,65 @@
+/**
+ * Stop commands (consumer → bridge) and their results (bridge → consumer), on the command exchange
+ * (amqp.commandExchange, topic, durable). Contract §4: Nova's stop / force_stop actions, executed by
+ * the bridge of the instance's host. Schemas `virtbus.command/1` and `virtbus.command-result/1`.
+ */
+import { randomUUID } from 'node:crypto';
+import { hostSegment } from './lifecycle';
+
+export const COMMAND_SCHEMA = 'virtbus.command/1';
+export const COMMAND_RESULT_SCHEMA = 'virtbus.command-result/1';
+
+/** Nova's compute_api.stop (graceful, then hard after the timeout) and force_stop. */
+export type CommandAction = 'stop' | 'force_stop';
+
+export interface StopCommand {
+  readonly schema: typeof COMMAND_SCHEMA;
+  readonly command_id: string;
+  readonly action: CommandAction;
+  readonly host: string;
+  readonly instance_uuid: string;
+  /** Why the consumer asked (the §3c branch), for the bridge's log. */
+  readonly reason: string;
+  readonly issued_at: string;
+  /** The bridge ignores commands older than this (the consumer has given up by then). */
+  readonly expires_at: string;
+}
+
+/**
+ * stopped: the domain was shut off by this command; already_stopped: it was not running; failed:
+ * libvirt refused (error set); expired: the command arrived after expires_at and was not executed;
+ * refused: this bridge does not execute commands (read-only or disabled).
+ */
+export type CommandOutcome = 'stopped' | 'already_stopped' | 'failed' | 'expired' | 'refused';
+
+export interface CommandResult {
+  readonly schema: typeof COMMAND_RESULT_SCHEMA;
+  readonly command_id: string;
+  readonly action: CommandAction;
+  readonly host: string;
+  readonly instance_uuid: string;
+  readonly outcome: CommandOutcome;
+  /** How the domain was stopped: shutdown (graceful), destroy, or none. */
+  readonly method: 'shutdown' | 'destroy' | 'none';
+  /** Live Nova power_state after the command. */
+  readonly power_state: number;
+  readonly error: string | null;
+  readonly finished_at: string;
+}
+
+export function commandRoutingKey(host: string): string {
+  return `${hostSegment(host)}.stop`;
+}
+
+export function commandResultRoutingKey(host: string): string {
+  return `${hostSegment(host)}.stop_result`;
+}
+
+/** The bridge's durable command queue for its host. */
+export function commandQueueName(host: string): string {
+  return `virtbus.commands.${hostSegment(host)}`;
+}
+
+export function newCommandId(): string {
+  return randomUUID();
+}

@@ -1,0 +1,5 @@
+export { startLibvirtd, type LibvirtdSandbox } from './libvirtd';
+export { startRabbitMQ, type RabbitSandbox, type RabbitSandboxOptions } from './rabbitmq';
+export { startPostgres, type PostgresSandbox } from './postgres';
+export { createTestCertificates, type TestCertificates } from './certificates';
+export { freePort, waitUntil } from './exec';
