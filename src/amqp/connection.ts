@@ -1,0 +1,218 @@
+/**
+ * One AMQP connection that stays up: connects (round-robin over the configured URLs), reconnects with
+ * backoff and jitter after any loss, and tells its users through 'up' / 'down' so each can open its
+ * channels and re-declare its topology on every (re)connect. TLS (amqps://) verifies the broker by
+ * default; credentials never reach the log (URLs are redacted).
+ */
+import { connect, type ChannelModel } from 'amqplib';
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import type { Logger } from '../util/log';
+import { Backoff, cancellableDelay } from '../util/backoff';
+import { redactValue } from '../config/load';
+
+export interface AmqpTlsOptions {
+  readonly caFile: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly passphrase: string;
+  readonly verify: boolean;
+}
+
+export interface AmqpConnectionOptions {
+  /** One URL or several (comma-separated), tried round-robin. */
+  readonly url: string;
+  readonly heartbeatSeconds: number;
+  readonly tls: AmqpTlsOptions;
+  /** Shown in the broker's connection list (client property connection_name). */
+  readonly connectionName: string;
+  readonly reconnectInitialDelayMs: number;
+  readonly reconnectMaxDelayMs: number;
+  readonly logger: Logger;
+}
+
+export interface AmqpConnectionEvents {
+  up: [model: ChannelModel];
+  down: [error: Error | undefined];
+  blocked: [reason: string];
+  unblocked: [];
+}
+
+export function splitUrls(url: string): string[] {
+  return url
+    .split(',')
+    .map((part) => part.trim())
+    .filter((part) => part.length > 0);
+}
+
+function socketOptions(url: string, options: AmqpConnectionOptions): Record<string, unknown> {
+  const base: Record<string, unknown> = {
+    clientProperties: { connection_name: options.connectionName, product: 'virtbus' },
+    timeout: 10000,
+  };
+  if (!url.startsWith('amqps:')) return base;
+  const { tls } = options;
+  return {
+    ...base,
+    ...(tls.caFile ? { ca: [readFileSync(tls.caFile)] } : {}),
+    ...(tls.certFile ? { cert: readFileSync(tls.certFile) } : {}),
+    ...(tls.keyFile ? { key: readFileSync(tls.keyFile) } : {}),
+    ...(tls.passphrase ? { passphrase: tls.passphrase } : {}),
+    rejectUnauthorized: tls.verify,
+    servername: new URL(url).hostname,
+  };
+}
+
+/** amqplib takes the heartbeat from the URL query; an explicit one in the URL wins. */
+function withHeartbeat(url: string, seconds: number): string {
+  const parsed = new URL(url);
+  if (!parsed.searchParams.has('heartbeat')) parsed.searchParams.set('heartbeat', String(seconds));
+  return parsed.toString();
+}
+
+export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
+  readonly #options: AmqpConnectionOptions;
+  readonly #urls: string[];
+  readonly #abort = new AbortController();
+  readonly #backoff: Backoff;
+  #model: ChannelModel | undefined;
+  #urlIndex = 0;
+  #loop: Promise<void> | undefined;
+  #wakeReconnect: (() => void) | undefined;
+  #blocked = false;
+
+  constructor(options: AmqpConnectionOptions) {
+    super();
+    this.#options = options;
+    this.#urls = splitUrls(options.url);
+    this.#backoff = new Backoff(options.reconnectInitialDelayMs, options.reconnectMaxDelayMs);
+  }
+
+  get model(): ChannelModel | undefined {
+    return this.#model;
+  }
+
+  get isUp(): boolean {
+    return this.#model !== undefined;
+  }
+
+  get isBlocked(): boolean {
+    return this.#blocked;
+  }
+
+  /** Starts the connect/reconnect loop in the background; 'up' fires on each successful connect. */
+  start(): void {
+    this.#loop ??= this.#run();
+  }
+
+  /** Resolves at the next 'up' (immediately if up), or rejects when the signal aborts first. */
+  async whenUp(signal?: AbortSignal): Promise<ChannelModel> {
+    if (this.#model) return this.#model;
+    return new Promise((resolve, reject) => {
+      const onUp = (model: ChannelModel): void => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve(model);
+      };
+      const onAbort = (): void => {
+        this.off('up', onUp);
+        reject(new Error('aborted while waiting for the broker'));
+      };
+      this.once('up', onUp);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** Forces a reconnect (e.g. after a channel-level failure that left the connection unusable). */
+  reset(reason: string): void {
+    const model = this.#model;
+    if (!model) return;
+    this.#options.logger.warn({ reason }, 'resetting the broker connection');
+    model.close().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    this.#abort.abort();
+    this.#wakeReconnect?.();
+    const model = this.#model;
+    this.#model = undefined;
+    if (model) await model.close().catch(() => undefined);
+    await this.#loop;
+  }
+
+  async #run(): Promise<void> {
+    const { logger } = this.#options;
+    const signal = this.#abort.signal;
+    while (!signal.aborted) {
+      const url = this.#urls[this.#urlIndex % this.#urls.length] ?? '';
+      this.#urlIndex += 1;
+      let model: ChannelModel;
+      try {
+        model = await connect(
+          withHeartbeat(url, this.#options.heartbeatSeconds),
+          socketOptions(url, this.#options),
+        );
+      } catch (error) {
+        const delay = this.#backoff.next();
+        logger.error(
+          { broker: redactValue(url), err: error, retryInMs: delay, attempt: this.#backoff.attempts },
+          'cannot connect to the broker',
+        );
+        await cancellableDelay(delay, signal);
+        continue;
+      }
+      if (signal.aborted) {
+        await model.close().catch(() => undefined);
+        break;
+      }
+      const closed = new Promise<Error | undefined>((resolve) => {
+        model.on('close', (error?: Error) => resolve(error));
+        this.#wakeReconnect = () => resolve(undefined);
+      });
+      model.on('error', (error: Error) => logger.warn({ err: error }, 'broker connection error'));
+      model.on('blocked', (reason: string) => {
+        this.#blocked = true;
+        logger.warn({ reason }, 'broker blocked publishing (resource alarm)');
+        this.emit('blocked', reason);
+      });
+      model.on('unblocked', () => {
+        this.#blocked = false;
+        logger.info('broker unblocked publishing');
+        this.emit('unblocked');
+      });
+      this.#backoff.reset();
+      this.#model = model;
+      logger.info({ broker: redactValue(url) }, 'connected to the broker');
+      this.emit('up', model);
+      const error = await closed;
+      this.#model = undefined;
+      this.#blocked = false;
+      if (signal.aborted) break;
+      logger.warn({ err: error }, 'broker connection lost; reconnecting');
+      this.emit('down', error);
+      await cancellableDelay(this.#backoff.next(), signal);
+    }
+  }
+}
+
+/** Builds connection options from the validated configuration. */
+export function amqpOptionsFromConfig(
+  amqp: {
+    url: string;
+    heartbeatSeconds: number;
+    reconnectInitialDelayMs: number;
+    reconnectMaxDelayMs: number;
+    tls: AmqpTlsOptions;
+  },
+  connectionName: string,
+  logger: Logger,
+): AmqpConnectionOptions {
+  return {
+    url: amqp.url,
+    heartbeatSeconds: amqp.heartbeatSeconds,
+    tls: amqp.tls,
+    connectionName,
+    reconnectInitialDelayMs: amqp.reconnectInitialDelayMs,
+    reconnectMaxDelayMs: amqp.reconnectMaxDelayMs,
+    logger,
+  };
+}
