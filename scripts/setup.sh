@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine of this kind (Debian 12, Node 20): system packages when root
+# and missing, npm ci when node_modules is missing or stale, then the native and TypeScript builds.
+# Used by `npm test`, `npm run demo` and `npm run bench`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(libvirt-dev libvirt-daemon libvirt-clients pkg-config rabbitmq-server postgresql prometheus openssl
+  util-linux make g++ python3)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]} > 0)); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing system packages: ${missing[*]}" >&2
+    echo "setup: run as root, or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Services are not started on install on these machines (no init system); the sandbox starts its own.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm ci when the lock file changed since the last install (or nothing is installed).
+lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+stamp=node_modules/.virtbus-lock-hash
+if [[ ! -f $stamp || $(cat "$stamp") != "$lock_hash" ]]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund
+  echo "$lock_hash" >"$stamp"
+fi
+
+# Native addon: rebuild when a source is newer than the built module.
+addon=native/build/Release/virtbus_native.node
+if [[ ! -f $addon ]] || [[ -n $(find native/src native/binding.gyp -newer "$addon" 2>/dev/null | head -n 1) ]]; then
+  echo "setup: building the native addon"
+  npm run --silent build:native >/dev/null
+fi
+
+echo "setup: compiling TypeScript"
+rm -rf dist
+npm run --silent build:ts
