@@ -332,8 +332,8 @@ class ListAllJob : public LibvirtJob {
         DomainInfoC info;
         info.uuid = UuidOf(rec->dom);
         info.name = NameOf(rec->dom);
-        virTypedParamsGetInt(rec->params, rec->nparams, VIR_DOMAIN_STATS_STATE_STATE, &info.state);
-        virTypedParamsGetInt(rec->params, rec->nparams, VIR_DOMAIN_STATS_STATE_REASON, &info.reason);
+        virTypedParamsGetInt(rec->params, rec->nparams, "state.state", &info.state);
+        virTypedParamsGetInt(rec->params, rec->nparams, "state.reason", &info.reason);
         info.active = IsActiveById(rec->dom);
         info.persistent = persistent.count(info.uuid) > 0;
         infos_.push_back(std::move(info));
@@ -901,14 +901,15 @@ Napi::Value OpenConnection(const Napi::CallbackInfo& info) {
     (std::strcmp(key, "username") == 0 ? creds.username : creds.password) = v.As<Napi::String>().Utf8Value();
   }
 
-  auto deferred = Napi::Promise::Deferred::New(env);
   if (!EnsureEventImpl()) {
+    auto deferred = Napi::Promise::Deferred::New(env);
     deferred.Reject(
         StateError(env, "openConnection: virEventRegisterDefaultImpl failed", "ERR_VIRTBUS_EVENT_IMPL").Value());
     return deferred.Promise();
   }
   int kaInterval = intervalD > 0 ? static_cast<int>(intervalD) : 0;
   if (kaInterval > 0 && !EventLoopRunning()) {
+    auto deferred = Napi::Promise::Deferred::New(env);
     deferred.Reject(StateError(env,
                                "openConnection: keepalive needs the event loop running; call startEventLoop() "
                                "first or pass keepaliveInterval 0",

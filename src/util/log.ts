@@ -14,7 +14,16 @@ export function createLogger(level: string, name: string): Logger {
     base: { pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
     redact: {
-      paths: ['password', '*.password', 'passphrase', '*.passphrase', 'amqp.url', 'db.url', '*.amqp.url', '*.db.url'],
+      paths: [
+        'password',
+        '*.password',
+        'passphrase',
+        '*.passphrase',
+        'amqp.url',
+        'db.url',
+        '*.amqp.url',
+        '*.db.url',
+      ],
       censor: '[redacted]',
     },
   });

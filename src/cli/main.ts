@@ -1,0 +1,79 @@
+/**
+ * The `virtbus` command: dispatches to one module per subcommand. Exit codes: 0 clean stop,
+ * 2 bad configuration or usage (the message names the key), 1 anything else fatal.
+ */
+import { ConfigError } from '../config/load';
+import { UsageError } from './usage';
+
+interface Command {
+  readonly summary: string;
+  load(): Promise<{ run(argv: readonly string[]): Promise<number> }>;
+}
+
+const COMMANDS: Record<string, Command> = {
+  config: {
+    summary: 'validate and print the effective configuration, secrets redacted',
+    load: () => import('./commands/config.js'),
+  },
+};
+
+export const MAIN_USAGE = `Usage: virtbus <command> [options]
+
+Carries libvirt domain lifecycle events onto RabbitMQ and keeps an instance database's power state
+true to the hypervisor, the way Nova's compute manager does.
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, command]) => `  ${name.padEnd(10)} ${command.summary}`)
+  .join('\n')}
+
+Run \`virtbus <command> --help\` for a command's options. Configuration: config/default.json, files in
+VIRTBUS_CONFIG, VIRTBUS_* environment variables, flags (see docs/configuration.md).
+Exit codes: 0 clean stop, 2 bad configuration or usage, 1 other fatal errors.
+`;
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(MAIN_USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version') {
+    process.stdout.write(`${(require('../../../package.json') as { version: string }).version}\n`);
+    return 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`virtbus: unknown command '${name}'\n\n${MAIN_USAGE}`);
+    return 2;
+  }
+  try {
+    const module = await command.load();
+    return await module.run(rest);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`virtbus ${name}: invalid configuration: ${error.message}\n`);
+      return 2;
+    }
+    if (error instanceof UsageError) {
+      process.stderr.write(`virtbus ${name}: ${error.message}\n`);
+      return 2;
+    }
+    process.stderr.write(
+      `virtbus ${name}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+    return 1;
+  }
+}
+
+if (require.main === module || process.argv[1]?.endsWith('/bin/virtbus')) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (error: unknown) => {
+      process.stderr.write(`virtbus: ${String(error)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
