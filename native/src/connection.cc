@@ -466,10 +466,16 @@ class DomainOpJob : public LibvirtJob {
       case DomainOp::kJobType: {
         virTypedParameterPtr params = nullptr;
         int nparams = 0;
-        if (virDomainGetJobStats(dom, &number_, &params, &nparams, 0) < 0) {
-          return FailOn(uuid_, "virDomainGetJobStats");
+        if (virDomainGetJobStats(dom, &number_, &params, &nparams, 0) == 0) {
+          virTypedParamsFree(params, nparams);
+          return true;
         }
-        virTypedParamsFree(params, nparams);
+        FailOn(uuid_, "virDomainGetJobStats");
+        if (err_.code != VIR_ERR_NO_SUPPORT) return false;
+        // Drivers without job statistics may still have the older virDomainGetJobInfo.
+        virDomainJobInfo jobInfo;
+        if (virDomainGetJobInfo(dom, &jobInfo) < 0) return FailOn(uuid_, "virDomainGetJobInfo");
+        number_ = jobInfo.type;
         return true;
       }
       case DomainOp::kIsActive:

@@ -113,7 +113,7 @@ Napi::Value InjectSyntheticEvents(const Napi::CallbackInfo& info) {
   inj->domains.resize(static_cast<size_t>(domains));
   for (size_t i = 0; i < inj->domains.size(); i++) {
     SyntheticDomain& d = inj->domains[i];
-    snprintf(d.uuid, sizeof(d.uuid), "5e1f0000-0000-4000-8000-%012zx", i);
+    snprintf(d.uuid, sizeof(d.uuid), "5e1f0000-0000-4000-8000-%012x", static_cast<unsigned>(i));
     snprintf(d.name, sizeof(d.name), "synthetic-%zu", i);
   }
   Napi::Promise promise = inj->deferred.Promise();

@@ -120,6 +120,11 @@ export interface NativeConnection {
   close(): Promise<void>;
 }
 
+export interface SyntheticOptions {
+  /** Wait for room instead of dropping when the queue is full (default false). */
+  readonly waitWhenFull?: boolean;
+}
+
 export interface NativeBinding {
   /**
    * Registers libvirt's default event implementation (once per process, before any connection),
@@ -139,8 +144,10 @@ export interface NativeBinding {
    * Benchmark/test only: a separate native thread pushes `count` synthetic LIFECYCLE events
    * (cycling over `domains` synthetic UUIDs and the types STARTED/SUSPENDED/RESUMED) through the
    * same enqueue path the libvirt callbacks use. Resolves when that thread has finished.
+   * Like libvirt's callbacks it drops when the queue is full, unless `waitWhenFull` is set: then it
+   * waits for drain() to make room (to measure the hand-off ceiling without losing events).
    */
-  injectSyntheticEvents(count: number, domains: number): Promise<void>;
+  injectSyntheticEvents(count: number, domains: number, options?: SyntheticOptions): Promise<void>;
 }
 
 /** The shape of errors the addon rejects or throws with for libvirt failures. */
@@ -148,7 +155,7 @@ export interface LibvirtErrorShape extends Error {
   readonly name: 'LibvirtError';
   /** virErrorNumber, e.g. 42 VIR_ERR_NO_DOMAIN, 55 VIR_ERR_OPERATION_INVALID. */
   readonly libvirtCode: number;
-  /** virErrorDomain, e.g. 7 VIR_FROM_REMOTE, 38 VIR_FROM_RPC. */
+  /** virErrorDomain, e.g. 13 VIR_FROM_REMOTE, 7 VIR_FROM_RPC, 12 VIR_FROM_TEST. */
   readonly libvirtDomain: number;
   readonly libvirtLevel: number;
 }
