@@ -3,6 +3,8 @@
 #include <napi.h>
 
 #include <cmath>
+#include <cstring>
+#include <string>
 #include <cstdint>
 #include <limits>
 
@@ -64,48 +66,77 @@ inline void Check(napi_env env, napi_status status) {
   if (status != napi_ok) throw Napi::Error::New(env);
 }
 
-enum Key { kConnectionId, kEventId, kType, kDetail, kUuid, kName, kNameTruncated, kWall, kMono, kSeq, kKeyCount };
-constexpr const char* kKeyNames[kKeyCount] = {"connectionId", "eventId",    "type",       "detail",     "uuid",
-                                              "name",         "nameTruncated", "wallMicros", "monoMicros", "seq"};
+// Event objects are assembled by a small JS function (compiled once per environment): creating
+// objects through the C API costs ~1.8 us each (property definition is a slow path), while a JS
+// object literal over columnar data costs a few tens of ns. Native code hands over one Float64Array
+// (8 numbers per event), one latin1 string of fixed-width UUIDs and one UTF-8 string of names
+// separated by NUL (a name never contains NUL).
+constexpr size_t kCols = 8;
+constexpr const char* kBuilderSource = R"JS(
+(function buildEvents(n, nums, uuids, names) {
+  const nameList = n > 0 ? names.split('\0') : [];
+  const out = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const o = i * 8;
+    const u = uuids.slice(i * 36, i * 36 + 36);
+    out[i] = {
+      connectionId: nums[o],
+      eventId: nums[o + 1],
+      type: nums[o + 2],
+      detail: nums[o + 3],
+      uuid: u.charCodeAt(0) === 0 ? '' : u,
+      name: nameList[i],
+      nameTruncated: nums[o + 4] === 1,
+      wallMicros: nums[o + 5],
+      monoMicros: nums[o + 6],
+      seq: nums[o + 7],
+    };
+  }
+  return out;
+})
+)JS";
 
-// Builds the event objects with the C API: one napi_define_properties per event, property names
-// created once per drain.
-napi_value BuildEvents(napi_env env, const std::vector<EventSlot>& events) {
-  napi_value keys[kKeyCount];
-  for (int k = 0; k < kKeyCount; k++) Check(env, napi_create_string_latin1(env, kKeyNames[k], NAPI_AUTO_LENGTH, &keys[k]));
-  napi_value arr;
-  Check(env, napi_create_array_with_length(env, events.size(), &arr));
-  napi_property_descriptor desc[kKeyCount];
-  for (int k = 0; k < kKeyCount; k++) {
-    desc[k] = napi_property_descriptor{nullptr, keys[k], nullptr, nullptr, nullptr, nullptr, napi_default_jsproperty, nullptr};
+Napi::Function EventBuilder(Napi::Env env, AddonData* data) {
+  if (data->eventBuilder.IsEmpty()) {
+    napi_value script;
+    napi_value fn;
+    Check(env, napi_create_string_utf8(env, kBuilderSource, NAPI_AUTO_LENGTH, &script));
+    Check(env, napi_run_script(env, script, &fn));
+    data->eventBuilder = Napi::Persistent(Napi::Function(env, fn));
   }
-  constexpr size_t kChunk = 512;
-  for (size_t base = 0; base < events.size(); base += kChunk) {
-    napi_handle_scope scope;
-    Check(env, napi_open_handle_scope(env, &scope));
-    size_t end = std::min(events.size(), base + kChunk);
-    for (size_t i = base; i < end; i++) {
-      const EventSlot& e = events[i];
-      napi_value v[kKeyCount];
-      Check(env, napi_create_uint32(env, e.connectionId, &v[kConnectionId]));
-      Check(env, napi_create_int32(env, e.eventId, &v[kEventId]));
-      Check(env, napi_create_int32(env, e.type, &v[kType]));
-      Check(env, napi_create_int32(env, e.detail, &v[kDetail]));
-      Check(env, napi_create_string_latin1(env, e.uuid, NAPI_AUTO_LENGTH, &v[kUuid]));
-      Check(env, napi_create_string_utf8(env, e.name, e.nameLen, &v[kName]));
-      Check(env, napi_get_boolean(env, e.nameTruncated, &v[kNameTruncated]));
-      Check(env, napi_create_double(env, static_cast<double>(e.wallMicros), &v[kWall]));
-      Check(env, napi_create_double(env, static_cast<double>(e.monoMicros), &v[kMono]));
-      Check(env, napi_create_double(env, static_cast<double>(e.seq), &v[kSeq]));
-      for (int k = 0; k < kKeyCount; k++) desc[k].value = v[k];
-      napi_value obj;
-      Check(env, napi_create_object(env, &obj));
-      Check(env, napi_define_properties(env, obj, kKeyCount, desc));
-      Check(env, napi_set_element(env, arr, static_cast<uint32_t>(i), obj));
-    }
-    Check(env, napi_close_handle_scope(env, scope));
+  return data->eventBuilder.Value();
+}
+
+Napi::Value BuildEvents(Napi::Env env, AddonData* data) {
+  const std::vector<EventSlot>& events = data->drainEvents;
+  const size_t n = events.size();
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, n * kCols * sizeof(double));
+  double* nums = static_cast<double*>(buffer.Data());
+  std::string& uuids = data->drainUuids;
+  std::string& names = data->drainNames;
+  uuids.assign(n * kUuidChars, '\0');
+  names.clear();
+  for (size_t i = 0; i < n; i++) {
+    const EventSlot& e = events[i];
+    double* row = nums + i * kCols;
+    row[0] = e.connectionId;
+    row[1] = e.eventId;
+    row[2] = e.type;
+    row[3] = e.detail;
+    row[4] = e.nameTruncated ? 1 : 0;
+    row[5] = static_cast<double>(e.wallMicros);
+    row[6] = static_cast<double>(e.monoMicros);
+    row[7] = static_cast<double>(e.seq);
+    memcpy(&uuids[i * kUuidChars], e.uuid, strnlen(e.uuid, kUuidChars));
+    if (i > 0) names.push_back('\0');
+    names.append(e.name, e.nameLen);
   }
-  return arr;
+  Napi::Float64Array numsArray = Napi::Float64Array::New(env, n * kCols, buffer, 0);
+  napi_value uuidValue;
+  Check(env, napi_create_string_latin1(env, uuids.data(), uuids.size(), &uuidValue));
+  Napi::String nameString = Napi::String::New(env, names.data(), names.size());
+  return EventBuilder(env, data).Call(
+      {Napi::Number::New(env, static_cast<double>(n)), numsArray, Napi::Value(env, uuidValue), nameString});
 }
 
 Napi::Value DrainJs(const Napi::CallbackInfo& info) {
@@ -122,7 +153,7 @@ Napi::Value DrainJs(const Napi::CallbackInfo& info) {
   size_t remaining = EventQueue::Get().Take(max, data->drainEvents, data->drainCloses, overflowed);
 
   Napi::Object result = Napi::Object::New(env);
-  result.Set("events", Napi::Value(env, BuildEvents(env, data->drainEvents)));
+  result.Set("events", BuildEvents(env, data));
   Napi::Array closes = Napi::Array::New(env, data->drainCloses.size());
   for (size_t i = 0; i < data->drainCloses.size(); i++) {
     Napi::Object c = Napi::Object::New(env);

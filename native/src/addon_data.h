@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "event_queue.h"
@@ -19,6 +20,10 @@ struct AddonData {
   // drain() scratch buffers, reused so a drain does not allocate in steady state.
   std::vector<EventSlot> drainEvents;
   std::vector<CloseItem> drainCloses;
+  std::string drainUuids;
+  std::string drainNames;
+  // JS function that turns drain()'s columnar data into event objects (see addon.cc).
+  Napi::FunctionReference eventBuilder;
 };
 
 inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }

@@ -414,9 +414,9 @@ class StatesJob : public LibvirtJob {
       int state = 0;
       int reason = 0;
       int rc = virDomainGetState(dom, &state, &reason, 0);
+      if (rc < 0) FailOn(uuid, "virDomainGetState");  // before virDomainFree, which resets the error
       virDomainFree(dom);
       if (rc < 0) {
-        FailOn(uuid, "virDomainGetState");
         if (!single_ && err_.code == VIR_ERR_NO_DOMAIN) {
           states_.push_back(std::nullopt);
           continue;
