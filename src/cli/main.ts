@@ -2,7 +2,9 @@
  * The `virtbus` command: dispatches to one module per subcommand. Exit codes: 0 clean stop,
  * 2 bad configuration or usage (the message names the key), 1 anything else fatal.
  */
-import { ConfigError } from '../config/load';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ConfigError, packageRoot } from '../config/load';
 import { UsageError } from './usage';
 
 interface Command {
@@ -11,6 +13,10 @@ interface Command {
 }
 
 const COMMANDS: Record<string, Command> = {
+  bridge: {
+    summary: 'run the host-side bridge until SIGTERM/SIGINT',
+    load: () => import('./commands/bridge.js'),
+  },
   config: {
     summary: 'validate and print the effective configuration, secrets redacted',
     load: () => import('./commands/config.js'),
@@ -39,7 +45,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     return name === undefined ? 2 : 0;
   }
   if (name === '--version') {
-    process.stdout.write(`${(require('../../../package.json') as { version: string }).version}\n`);
+    const manifest = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as {
+      version: string;
+    };
+    process.stdout.write(`${manifest.version}\n`);
     return 0;
   }
   const command = COMMANDS[name];
@@ -69,7 +78,10 @@ export async function main(argv: readonly string[]): Promise<number> {
 if (require.main === module || process.argv[1]?.endsWith('/bin/virtbus')) {
   main(process.argv.slice(2)).then(
     (code) => {
+      // Services stop their own resources; exit explicitly so nothing stray (a timer, a socket in
+      // a half-closed state) can keep a stopped process alive.
       process.exitCode = code;
+      process.stdout.write('', () => process.exit(code));
     },
     (error: unknown) => {
       process.stderr.write(`virtbus: ${String(error)}\n`);

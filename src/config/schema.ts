@@ -382,6 +382,30 @@ export const schema = {
       default: 180000,
       env: 'VIRTBUS_STOP_TIMEOUT_MS',
     },
+    resultQueue: {
+      doc: 'Durable queue (same type as consumer.queue) the consumer reads stop-command results from; bound to <host-segment>.stop_result on amqp.commandExchange. Consumers sharing a database share it.',
+      format: 'amqp-name',
+      default: 'virtbus.consumer.results',
+      env: 'VIRTBUS_CONSUMER_RESULT_QUEUE',
+    },
+    queueDepthIntervalMs: {
+      doc: 'How often the consumer reads its queue depth from the broker (passive queue.declare) for virtbus_consumer_queue_depth.',
+      format: 'positive-int',
+      default: 5000,
+      env: 'VIRTBUS_CONSUMER_QUEUE_DEPTH_INTERVAL_MS',
+    },
+    maxFutureSkewMs: {
+      doc: 'A lifecycle message whose occurred_at lies further than this in the future is dead-lettered (it would otherwise shadow every later event of its instance).',
+      format: 'positive-int',
+      default: 300000,
+      env: 'VIRTBUS_CONSUMER_MAX_FUTURE_SKEW_MS',
+    },
+    shutdownTimeoutMs: {
+      doc: 'On SIGTERM/SIGINT, how long to wait for messages being processed before closing (unfinished ones are redelivered).',
+      format: 'nat',
+      default: 10000,
+      env: 'VIRTBUS_CONSUMER_SHUTDOWN_TIMEOUT_MS',
+    },
     notifications: {
       enabled: {
         doc: 'Emit versioned instance.update notifications (oslo.messaging v2 envelope) on power_state, vm_state or task_state changes.',
@@ -401,6 +425,12 @@ export const schema = {
         default: 'versioned_notifications',
         env: 'VIRTBUS_NOTIFICATION_TOPIC',
       },
+      durable: {
+        doc: "Durability used when the consumer has to create the notification exchange (oslo's default, amqp_durable_queues=false, is non-durable); an existing exchange is used as it is.",
+        format: Boolean,
+        default: false,
+        env: 'VIRTBUS_NOTIFICATION_DURABLE',
+      },
     },
   },
   db: {
@@ -417,6 +447,30 @@ export const schema = {
       format: 'positive-int',
       default: 8,
       env: 'VIRTBUS_DB_POOL_SIZE',
+    },
+    sqliteSynchronous: {
+      doc: 'SQLite synchronous pragma in WAL mode: full (a commit survives power loss; acks wait for it) or normal (survives a process crash only; faster).',
+      format: ['full', 'normal'],
+      default: 'full',
+      env: 'VIRTBUS_DB_SQLITE_SYNCHRONOUS',
+    },
+    busyTimeoutMs: {
+      doc: 'How long a statement waits for a lock (SQLite busy_timeout) or a pooled connection (PostgreSQL) before the database counts as unavailable.',
+      format: 'positive-int',
+      default: 5000,
+      env: 'VIRTBUS_DB_BUSY_TIMEOUT_MS',
+    },
+    retryInitialDelayMs: {
+      doc: 'First delay between probes of an unavailable database (consumption is paused meanwhile); doubles up to db.retryMaxDelayMs, with jitter.',
+      format: 'positive-int',
+      default: 250,
+      env: 'VIRTBUS_DB_RETRY_INITIAL_DELAY_MS',
+    },
+    retryMaxDelayMs: {
+      doc: 'Largest delay between probes of an unavailable database.',
+      format: 'positive-int',
+      default: 5000,
+      env: 'VIRTBUS_DB_RETRY_MAX_DELAY_MS',
     },
   },
 };

@@ -123,9 +123,7 @@ export function unwrapLifecycleBody(parsed: unknown): unknown {
   const record = parsed as Record<string, unknown>;
   if (typeof record['oslo.message'] === 'string') {
     const inner = JSON.parse(record['oslo.message']) as unknown;
-    return inner !== null && typeof inner === 'object' && 'payload' in inner
-      ? (inner as { payload: unknown }).payload
-      : inner;
+    return inner !== null && typeof inner === 'object' && 'payload' in inner ? inner.payload : inner;
   }
   if ('event_type' in record && 'payload' in record) return record.payload;
   return parsed;

@@ -1,5 +1,5 @@
 /** `virtbus config [--role bridge|consumer] [--json]`: validate and print the effective configuration, secrets redacted. */
-import { loadConfig, redactedConfig, type ConfigRole } from '../../config/load';
+import { loadConfig, redactedConfig } from '../../config/load';
 import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
 
 const HELP = `Usage: virtbus config [--role bridge|consumer] [config flags]
@@ -23,7 +23,7 @@ export async function run(argv: readonly string[]): Promise<number> {
   const role = args.flags.get('role')?.[0] ?? 'bridge';
   if (role !== 'bridge' && role !== 'consumer')
     throw new UsageError(`--role must be bridge or consumer, not ${role}`);
-  const config = loadConfig({ role: role as ConfigRole, args: args.configArgs });
+  const config = loadConfig({ role: role, args: args.configArgs });
   process.stdout.write(`${JSON.stringify(redactedConfig(config), null, 2)}\n`);
   return Promise.resolve(0);
 }

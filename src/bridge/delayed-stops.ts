@@ -1,0 +1,72 @@
+/**
+ * Nova's delayed STOPPED (Host._event_emit_delayed, nova-lifecycle.md §2d): a STOPPED event is held
+ * for `delayMs` per domain; any later event for that domain cancels it, so a reboot's STOPPED →
+ * STARTED pair publishes no `stopped`; a second STOPPED restarts the window. Only STOPPED is ever
+ * delayed (delaying STARTED lost events: Nova bug #1433049).
+ */
+export interface TimerApi {
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+const realTimers: TimerApi = {
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+interface Pending<T> {
+  readonly item: T;
+  readonly heldAt: number;
+  readonly handle: unknown;
+}
+
+export class DelayedStops<T> {
+  readonly #pending = new Map<string, Pending<T>>();
+
+  constructor(
+    private readonly delayMs: number,
+    /** Called when a held STOPPED survives its delay, with how long it was held. */
+    private readonly release: (item: T, heldMs: number) => void,
+    private readonly timers: TimerApi = realTimers,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get size(): number {
+    return this.#pending.size;
+  }
+
+  /** Cancels the pending STOPPED of this domain, if any. Call for every event, before hold(). */
+  cancel(uuid: string): boolean {
+    const pending = this.#pending.get(uuid);
+    if (!pending) return false;
+    this.timers.clearTimeout(pending.handle);
+    this.#pending.delete(uuid);
+    return true;
+  }
+
+  /** Holds a STOPPED for this domain (replacing, i.e. restarting, any pending one). */
+  hold(uuid: string, item: T): void {
+    this.cancel(uuid);
+    const heldAt = this.now();
+    const handle = this.timers.setTimeout(() => {
+      const current = this.#pending.get(uuid);
+      if (current?.handle !== handle) return; // cancelled or replaced meanwhile
+      this.#pending.delete(uuid);
+      this.release(item, this.now() - heldAt);
+    }, this.delayMs);
+    // A held stop must not keep a stopping process alive; shutdown decides what to do with it.
+    (handle as { unref?: () => void }).unref?.();
+    this.#pending.set(uuid, { item, heldAt, handle });
+  }
+
+  /** Shutdown: removes every pending STOPPED and returns them in the order they were held. */
+  takeAll(): Array<{ item: T; heldMs: number }> {
+    const now = this.now();
+    const all = [...this.#pending.values()].map((pending) => {
+      this.timers.clearTimeout(pending.handle);
+      return { item: pending.item, heldMs: now - pending.heldAt };
+    });
+    this.#pending.clear();
+    return all;
+  }
+}

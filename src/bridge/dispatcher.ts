@@ -1,0 +1,258 @@
+/**
+ * The dispatcher: turns raw native events into lifecycle messages in the outbox. It translates each
+ * event (Nova's mapping plus the events Nova drops), applies Nova's delayed STOPPED, samples the live
+ * power state at dispatch time, and assigns the per-process `seq`. Everything — event batches,
+ * released delayed stops and snapshots — runs through one serial lane, so messages enter the outbox
+ * (and reach the wire) in the order they were dispatched.
+ */
+import { randomUUID } from 'node:crypto';
+import type { RawDomainEvent, NativeConnection } from '../native/contract';
+import { translate, NOVA_TRANSITION, type LibvirtCodes, type Transition } from '../libvirt/translate';
+import { powerStateOf } from '../libvirt/power-state';
+import { DomainStateCode, nameOrNumber } from '../libvirt/constants';
+import {
+  buildLifecycleMessage,
+  lifecycleRoutingKey,
+  osloEnvelope,
+  LIFECYCLE_MESSAGE_TYPE,
+  type LifecycleMessage,
+  type SnapshotReason,
+} from '../messages/lifecycle';
+import type { Logger } from '../util/log';
+import { isoMicros, nowMicros } from '../util/time';
+import { DelayedStops } from './delayed-stops';
+import type { Outbox, OutboxInput } from './outbox';
+import type { BridgeMetrics } from './metrics';
+import { migratedTransition, samplePowerStates } from './state-sampler';
+
+export interface DispatcherOptions {
+  readonly host: string;
+  readonly bootId: string;
+  readonly exchange: string;
+  readonly format: 'json' | 'oslo';
+  readonly stopDelayMs: number;
+  /** The current libvirt connection, or undefined while disconnected. */
+  readonly connection: () => NativeConnection | undefined;
+  readonly outbox: Outbox;
+  readonly metrics: BridgeMetrics;
+  readonly logger: Logger;
+}
+
+/** An event ready to be published once its live state is known. */
+interface Ready {
+  readonly uuid: string;
+  readonly name: string;
+  readonly transition: Transition;
+  readonly libvirt: LibvirtCodes;
+  readonly occurredMicros: number;
+  readonly delayedMs: number;
+}
+
+const STATE_NAMES = Object.keys(DomainStateCode);
+
+export class Dispatcher {
+  readonly #options: DispatcherOptions;
+  readonly #delayed: DelayedStops<Ready>;
+  #lane: Promise<void> = Promise.resolve();
+  #seq = 0;
+  #stopped = false;
+
+  constructor(options: DispatcherOptions) {
+    this.#options = options;
+    this.#delayed = new DelayedStops<Ready>(options.stopDelayMs, (held, heldMs) => {
+      options.metrics.delayedStops.inc({ outcome: 'published' });
+      void this.#enqueue(() => this.#publishReady([{ ...held, delayedMs: heldMs }]));
+    });
+  }
+
+  get delayedStopsPending(): number {
+    return this.#delayed.size;
+  }
+
+  /** Dispatches one drained batch; resolves when its messages are in the outbox. */
+  handleEvents(events: readonly RawDomainEvent[]): Promise<void> {
+    const ready: Ready[] = [];
+    const { metrics, logger, stopDelayMs } = this.#options;
+    for (const event of events) {
+      const translation = translate(event.eventId, event.type, event.detail);
+      metrics.eventsReceived.inc({ event: translation.libvirt.event });
+      if (translation.kind === 'unknown') {
+        // A libvirt newer than us: carried as numbers in the log and the metric label, never a crash.
+        logger.warn(
+          { eventId: event.eventId, type: event.type, detail: event.detail },
+          'unknown libvirt event; not published',
+        );
+        continue;
+      }
+      const isNova =
+        translation.kind === 'needs-job-check' || NOVA_TRANSITION[translation.transition] !== null;
+      // Only Nova's own transitions reach its _event_emit_delayed, so only they cancel a held STOPPED.
+      if (isNova && this.#delayed.cancel(event.uuid)) metrics.delayedStops.inc({ outcome: 'cancelled' });
+      const item: Ready = {
+        uuid: event.uuid,
+        name: event.name,
+        transition: translation.kind === 'needs-job-check' ? 'paused' : translation.transition,
+        libvirt: translation.libvirt,
+        occurredMicros: event.wallMicros,
+        delayedMs: translation.kind === 'needs-job-check' ? -1 : 0, // -1 marks "decide by job stats"
+      };
+      if (item.transition === 'stopped' && stopDelayMs > 0 && !this.#stopped) {
+        this.#delayed.hold(event.uuid, item);
+      } else {
+        ready.push(item);
+      }
+    }
+    if (ready.length === 0) return this.#lane;
+    return this.#enqueue(() => this.#publishReady(ready));
+  }
+
+  /**
+   * Publishes a complete snapshot of this host: one `sync` per domain with its live state, then one
+   * `sync_end` listing them all, so a consumer can also converge rows whose domain vanished.
+   */
+  snapshot(reason: SnapshotReason): Promise<void> {
+    return this.#enqueue(async () => {
+      const connection = this.#options.connection();
+      if (!connection) {
+        this.#options.logger.warn(
+          { reason },
+          'snapshot skipped: libvirt is not connected (the reconnect snapshot will follow)',
+        );
+        return;
+      }
+      const takenMicros = nowMicros();
+      const domains = await connection.listAllDomains();
+      const snapshot = {
+        id: randomUUID(),
+        reason,
+        count: domains.length,
+        taken_at: isoMicros(takenMicros),
+      };
+      const sampled = nowMicros();
+      const messages = domains.map((domain) =>
+        this.#message({
+          instanceUuid: domain.uuid,
+          domainName: domain.name,
+          transition: 'sync',
+          libvirt: {
+            event: 'STATE',
+            detail: nameOrNumber(STATE_NAMES, domain.state),
+            event_code: -1,
+            detail_code: domain.state,
+          },
+          powerState: powerStateOf(domain.state),
+          occurredMicros: sampled,
+          delayedMs: 0,
+          snapshot,
+        }),
+      );
+      messages.push(
+        this.#message({
+          instanceUuid: null,
+          domainName: null,
+          transition: 'sync_end',
+          libvirt: null,
+          powerState: null,
+          occurredMicros: sampled,
+          delayedMs: 0,
+          snapshot,
+          instanceUuids: domains.map((domain) => domain.uuid),
+        }),
+      );
+      await this.#options.outbox.append(messages);
+      this.#options.metrics.resyncs.inc({ reason });
+      this.#options.logger.info(
+        { reason, domains: domains.length, snapshot: snapshot.id },
+        'snapshot published',
+      );
+    });
+  }
+
+  /**
+   * Shutdown: stop holding new STOPPED events; pending ones are cancelled as Nova's Host.cleanup does
+   * (the next start-up snapshot repairs the state) or, with flush, published now. Resolves when
+   * everything dispatched is in the outbox.
+   */
+  async shutdown(flush: boolean): Promise<void> {
+    this.#stopped = true;
+    const held = this.#delayed.takeAll();
+    if (held.length > 0) {
+      this.#options.metrics.delayedStops.inc(
+        { outcome: flush ? 'flushed_at_shutdown' : 'dropped_at_shutdown' },
+        held.length,
+      );
+      this.#options.logger.info({ count: held.length, flush }, 'delayed STOPPED events at shutdown');
+      if (flush)
+        await this.#enqueue(() =>
+          this.#publishReady(held.map(({ item, heldMs }) => ({ ...item, delayedMs: heldMs }))),
+        );
+    }
+    await this.#lane;
+  }
+
+  #enqueue(task: () => Promise<void>): Promise<void> {
+    const run = this.#lane.then(task).catch((error: unknown) => {
+      this.#options.logger.error({ err: error }, 'dispatch failed');
+    });
+    this.#lane = run;
+    return run;
+  }
+
+  async #publishReady(items: readonly Ready[]): Promise<void> {
+    const connection = this.#options.connection();
+    const resolved: Ready[] = [];
+    for (const item of items) {
+      resolved.push(
+        item.delayedMs === -1
+          ? { ...item, transition: await migratedTransition(connection, item.uuid), delayedMs: 0 }
+          : item,
+      );
+    }
+    const states = await samplePowerStates(connection, [...new Set(resolved.map((item) => item.uuid))]);
+    const messages = resolved.map((item) =>
+      this.#message({
+        instanceUuid: item.uuid,
+        domainName: item.name,
+        transition: item.transition,
+        libvirt: item.libvirt,
+        powerState: states.get(item.uuid) ?? null,
+        occurredMicros: item.occurredMicros,
+        delayedMs: item.delayedMs,
+      }),
+    );
+    await this.#options.outbox.append(messages);
+  }
+
+  #message(fields: {
+    instanceUuid: string | null;
+    domainName: string | null;
+    transition: Transition;
+    libvirt: LibvirtCodes | null;
+    powerState: ReturnType<typeof powerStateOf> | null;
+    occurredMicros: number;
+    delayedMs: number;
+    snapshot?: LifecycleMessage['snapshot'];
+    instanceUuids?: readonly string[];
+  }): OutboxInput {
+    const { host, bootId, exchange, format } = this.#options;
+    const published = nowMicros();
+    this.#seq += 1;
+    const message = buildLifecycleMessage({
+      host,
+      bootId,
+      seq: this.#seq,
+      publishedMicros: published,
+      ...fields,
+    });
+    const body = format === 'oslo' ? osloEnvelope(message, published) : message;
+    return {
+      exchange,
+      routingKey: lifecycleRoutingKey(host, fields.transition),
+      messageId: message.event_id,
+      type: LIFECYCLE_MESSAGE_TYPE,
+      occurredMicros: fields.occurredMicros,
+      transition: fields.transition,
+      body: Buffer.from(JSON.stringify(body)),
+    };
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * Moves events from the native queue into the dispatcher. The addon wakes JavaScript at most once per
+ * batch; the pump then drains in chunks and waits for each chunk's dispatch before taking the next,
+ * so while JavaScript is busy events wait in the bounded native queue (its depth is the backlog an
+ * operator sees), and an overflow there is counted and repaired by an `overflow` snapshot — libvirt's
+ * loop thread is never blocked.
+ */
+import type { NativeBinding, RawCloseEvent, RawDomainEvent } from '../native/contract';
+import type { Logger } from '../util/log';
+
+const CHUNK = 4096;
+
+export interface EventPumpTargets {
+  events(batch: readonly RawDomainEvent[]): Promise<void>;
+  close(event: RawCloseEvent): void;
+  overflow(dropped: number): void;
+}
+
+export class EventPump {
+  #running = false;
+  #again = false;
+  #idle: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly binding: NativeBinding,
+    private readonly targets: EventPumpTargets,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The addon's wake-up callback. */
+  readonly wake = (): void => {
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
+    this.#idle = this.#run();
+  };
+
+  /** Resolves when everything drained so far has been dispatched. */
+  settled(): Promise<void> {
+    return this.#idle;
+  }
+
+  async #run(): Promise<void> {
+    this.#running = true;
+    try {
+      do {
+        this.#again = false;
+        for (;;) {
+          const { events, closes, overflowed } = this.binding.drain(CHUNK);
+          if (overflowed > 0) {
+            this.logger.warn(
+              { dropped: overflowed },
+              'native event queue overflowed; a resync snapshot follows',
+            );
+            this.targets.overflow(overflowed);
+          }
+          if (events.length > 0) await this.targets.events(events);
+          // Closes after the events that preceded them, so those are dispatched while the state can still be read.
+          for (const close of closes) this.targets.close(close);
+          if (events.length < CHUNK && closes.length === 0 && overflowed === 0) break;
+        }
+      } while (this.#again);
+    } catch (error) {
+      this.logger.error({ err: error }, 'event pump failed');
+    } finally {
+      this.#running = false;
+    }
+  }
+}

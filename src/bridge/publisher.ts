@@ -1,0 +1,210 @@
+/**
+ * Publishes the outbox to the broker on a confirm channel: persistent, mandatory, many publishes in
+ * flight (bounded by maxInFlight), in outbox order on one channel so per-domain order holds on the
+ * wire. A record leaves the outbox only when the broker acks it. A nack or a lost channel restarts
+ * publishing from the first unconfirmed record (at-least-once; consumers deduplicate by event_id and
+ * seq), so nothing accepted is lost. Topology is declared on every (re)connect.
+ */
+import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
+import type { AmqpConnection } from '../amqp/connection';
+import { assertTopology, type Topology } from '../amqp/topology';
+import type { Logger } from '../util/log';
+import { APP_ID } from '../messages/lifecycle';
+import type { Outbox, OutboxRecord } from './outbox';
+import type { BridgeMetrics } from './metrics';
+
+export interface PublisherOptions {
+  readonly connection: AmqpConnection;
+  readonly outbox: Outbox;
+  readonly topology: Topology;
+  readonly maxInFlight: number;
+  readonly metrics: BridgeMetrics;
+  readonly logger: Logger;
+}
+
+export class Publisher {
+  readonly #options: PublisherOptions;
+  #channel: ConfirmChannel | undefined;
+  /** Bumped for every channel: confirms of an older channel are ignored. */
+  #generation = 0;
+  /** Highest outbox id written to the current channel. */
+  #cursor = 0;
+  #inFlight = 0;
+  #waitingForDrain = false;
+  #pumping = false;
+  #closed = false;
+  #idleWaiters: Array<() => void> = [];
+
+  constructor(options: PublisherOptions) {
+    this.#options = options;
+    options.outbox.onAppend(() => this.#pump());
+    options.connection.on('up', (model) => void this.#openChannel(model));
+    options.connection.on('down', () => this.#dropChannel('connection lost'));
+    options.connection.on('unblocked', () => this.#pump());
+  }
+
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  get ready(): boolean {
+    return this.#channel !== undefined;
+  }
+
+  /** Resolves when the outbox is empty (everything confirmed) or after timeoutMs; true if empty. */
+  async waitIdle(timeoutMs: number): Promise<boolean> {
+    if (this.#options.outbox.depth === 0) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const idle = new Promise<boolean>((resolve) => this.#idleWaiters.push(() => resolve(true)));
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeoutMs);
+    });
+    const result = await Promise.race([idle, timeout]);
+    clearTimeout(timer);
+    return result;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const channel = this.#channel;
+    this.#dropChannel('closing');
+    if (channel) await channel.close().catch(() => undefined);
+  }
+
+  async #openChannel(model: ChannelModel): Promise<void> {
+    const { logger, topology } = this.#options;
+    if (this.#closed) return;
+    let channel: ConfirmChannel;
+    try {
+      channel = await model.createConfirmChannel();
+      await assertTopology(channel, topology);
+    } catch (error) {
+      logger.error(
+        { err: error },
+        'cannot open the publishing channel or declare the topology; reconnecting',
+      );
+      this.#options.connection.reset('topology declaration failed');
+      return;
+    }
+    const generation = ++this.#generation;
+    channel.on('error', (error: Error) => logger.warn({ err: error }, 'publishing channel error'));
+    channel.on('close', () => {
+      if (this.#generation !== generation) return;
+      this.#dropChannel('channel closed');
+      // A channel-level error (e.g. an exchange deleted under us) leaves the connection up: reopen.
+      if (!this.#closed && this.#options.connection.model === model) {
+        setTimeout(() => {
+          if (!this.#channel && this.#options.connection.model === model) void this.#openChannel(model);
+        }, 250).unref();
+      }
+    });
+    channel.on('drain', () => {
+      this.#waitingForDrain = false;
+      this.#pump();
+    });
+    channel.on('return', (message: Message) => {
+      // Only reachable when the alternate exchange is missing: a message no binding matched.
+      this.#options.metrics.publishFailures.inc({ reason: 'unroutable' });
+      logger.warn(
+        { routingKey: message.fields.routingKey, messageId: message.properties.messageId as unknown },
+        'broker returned an unroutable message (no alternate exchange?)',
+      );
+    });
+    this.#channel = channel;
+    this.#cursor = 0; // republish everything unconfirmed, in order
+    this.#inFlight = 0;
+    this.#waitingForDrain = false;
+    logger.info({ unconfirmed: this.#options.outbox.depth }, 'publishing channel open');
+    this.#pump();
+  }
+
+  #dropChannel(reason: string): void {
+    if (!this.#channel) return;
+    this.#channel = undefined;
+    this.#generation += 1;
+    if (this.#inFlight > 0) {
+      this.#options.metrics.publishFailures.inc({ reason: 'channel_closed' }, this.#inFlight);
+      this.#options.logger.warn(
+        { inFlight: this.#inFlight, reason },
+        'channel gone with publishes unconfirmed; they will be republished',
+      );
+    }
+    this.#inFlight = 0;
+  }
+
+  #pump(): void {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      const { outbox, maxInFlight, connection } = this.#options;
+      while (
+        this.#channel &&
+        !this.#waitingForDrain &&
+        !connection.isBlocked &&
+        this.#inFlight < maxInFlight
+      ) {
+        const records = outbox.readAfter(this.#cursor, Math.min(512, maxInFlight - this.#inFlight));
+        if (records.length === 0) break;
+        for (const record of records) {
+          if (!this.#publish(this.#channel, record)) {
+            this.#waitingForDrain = true;
+            break;
+          }
+        }
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  #publish(channel: ConfirmChannel, record: OutboxRecord): boolean {
+    const generation = this.#generation;
+    this.#cursor = record.id;
+    this.#inFlight += 1;
+    return channel.publish(
+      record.exchange,
+      record.routingKey,
+      record.body,
+      {
+        persistent: true,
+        mandatory: true,
+        contentType: 'application/json',
+        contentEncoding: 'utf-8',
+        messageId: record.messageId,
+        timestamp: Math.floor(Date.now() / 1000),
+        appId: APP_ID,
+        type: record.type,
+      },
+      (error: unknown) => this.#onConfirm(record, generation, error),
+    );
+  }
+
+  #onConfirm(record: OutboxRecord, generation: number, error: unknown): void {
+    if (generation !== this.#generation) return; // from a channel that is gone; republished already
+    this.#inFlight -= 1;
+    const { metrics, outbox, logger } = this.#options;
+    if (error) {
+      metrics.publishFailures.inc({ reason: 'nack' });
+      logger.warn(
+        { id: record.id, routingKey: record.routingKey },
+        'broker nacked a publish; republishing from the first unconfirmed',
+      );
+      // Restart from the first unconfirmed record so order is kept; close the channel to get a fresh one.
+      const channel = this.#channel;
+      this.#dropChannel('nack');
+      channel?.close().catch(() => undefined);
+      const model = this.#options.connection.model;
+      if (model) void this.#openChannel(model);
+      return;
+    }
+    outbox.confirm(record.id);
+    metrics.eventsPublished.inc({ transition: record.transition });
+    metrics.eventToConfirm.observe(Math.max(0, Date.now() / 1000 - record.occurredMicros / 1e6));
+    if (outbox.depth === 0 && this.#idleWaiters.length > 0) {
+      const waiters = this.#idleWaiters;
+      this.#idleWaiters = [];
+      for (const wake of waiters) wake();
+    }
+    this.#pump();
+  }
+}

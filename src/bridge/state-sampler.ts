@@ -1,0 +1,78 @@
+/**
+ * Samples live domain state for the dispatcher, the way Nova's staleness guard needs it: the
+ * power_state published with an event is read *after* the event arrived (after any stop delay), so a
+ * consumer can tell a stale event from the current truth. One query serves every event of a batch:
+ * a few domains are asked for by UUID in one thread-pool job, many through one full listing.
+ */
+import type { DomainInfo, NativeConnection } from '../native/contract';
+import { powerStateOf } from '../libvirt/power-state';
+import type { PowerStateCode } from '../libvirt/constants';
+import { LibvirtErrorCode } from '../libvirt/constants';
+import { isLibvirtError } from '../native/binding';
+import { jobTypeFromQuery, resolveNoneJob, transitionForJob, type Transition } from '../libvirt/translate';
+import { JobType } from '../libvirt/constants';
+
+/** Above this many distinct domains one listing is cheaper than per-domain lookups. */
+const LIST_ALL_THRESHOLD = 48;
+
+/** uuid → live power state, or null when it could not be read (libvirt unreachable). */
+export type PowerStates = ReadonlyMap<string, PowerStateCode | null>;
+
+export async function samplePowerStates(
+  connection: NativeConnection | undefined,
+  uuids: readonly string[],
+): Promise<PowerStates> {
+  const result = new Map<string, PowerStateCode | null>();
+  if (uuids.length === 0) return result;
+  if (!connection) {
+    for (const uuid of uuids) result.set(uuid, null);
+    return result;
+  }
+  try {
+    if (uuids.length > LIST_ALL_THRESHOLD) {
+      const all = new Map<string, DomainInfo>((await connection.listAllDomains()).map((d) => [d.uuid, d]));
+      for (const uuid of uuids) result.set(uuid, powerStateOf(all.get(uuid)?.state ?? null));
+    } else {
+      const states = await connection.domainStates(uuids);
+      uuids.forEach((uuid, index) => result.set(uuid, powerStateOf(states[index]?.state ?? null)));
+    }
+  } catch {
+    for (const uuid of uuids) result.set(uuid, null);
+  }
+  return result;
+}
+
+/** Nova's SUSPENDED_MIGRATED decision: migration_completed only when the job completed. */
+export async function migratedTransition(
+  connection: NativeConnection | undefined,
+  uuid: string,
+): Promise<Transition> {
+  if (!connection) return 'paused';
+  let jobType: number;
+  try {
+    jobType = jobTypeFromQuery({ jobType: await connection.jobType(uuid) });
+  } catch (error) {
+    if (!isLibvirtError(error)) jobType = jobTypeFromQuery({ error: 'other' });
+    else if (error.libvirtCode === LibvirtErrorCode.NO_DOMAIN)
+      jobType = jobTypeFromQuery({ error: 'no-domain' });
+    else if (error.libvirtCode === LibvirtErrorCode.OPERATION_INVALID) {
+      jobType = jobTypeFromQuery({ error: 'operation-invalid' });
+    } else if (
+      error.libvirtCode === LibvirtErrorCode.INTERNAL_ERROR &&
+      error.message.includes('migration was active, but no RAM info was set')
+    ) {
+      jobType = jobTypeFromQuery({ error: 'no-ram-info' });
+    } else jobType = jobTypeFromQuery({ error: 'other' });
+  }
+  if (jobType === JobType.NONE) {
+    let active: boolean | 'no-domain' | 'error';
+    try {
+      active = await connection.isActive(uuid);
+    } catch (error) {
+      active =
+        isLibvirtError(error) && error.libvirtCode === LibvirtErrorCode.NO_DOMAIN ? 'no-domain' : 'error';
+    }
+    jobType = resolveNoneJob(active);
+  }
+  return transitionForJob(jobType);
+}
