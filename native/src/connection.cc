@@ -401,6 +401,12 @@ class StatesJob : public LibvirtJob {
 
  protected:
   bool Run() override {
+    if (!single_ && uuids_.size() > 1) {
+      int batch = RunBatch();
+      if (batch >= 0) return batch == 1;
+      states_.clear();  // the driver cannot batch: one virDomainGetState per domain
+      err_ = LibvirtErr();
+    }
     states_.reserve(uuids_.size());
     for (const std::string& uuid : uuids_) {
       virDomainPtr dom = Lookup(uuid);
@@ -426,6 +432,71 @@ class StatesJob : public LibvirtJob {
       states_.emplace_back(std::make_pair(state, reason));
     }
     return true;
+  }
+
+  // Lookups (free for cached domains) plus ONE virDomainListGetStats RPC for all known domains.
+  // Returns 1 on success, 0 on failure (err_ set), -1 when the driver cannot do it.
+  int RunBatch() {
+    const size_t n = uuids_.size();
+    states_.assign(n, std::nullopt);
+    std::vector<virDomainPtr> doms;
+    std::vector<std::string> canonical;  // UUID as libvirt formats it, per entry in doms
+    std::vector<ptrdiff_t> slot(n, -1);
+    std::unordered_map<std::string, ptrdiff_t> position;
+    doms.reserve(n + 1);
+    auto freeAll = [&doms] {
+      for (virDomainPtr d : doms) {
+        if (d != nullptr) virDomainFree(d);
+      }
+    };
+    for (size_t i = 0; i < n; i++) {
+      virDomainPtr dom = Lookup(uuids_[i]);
+      if (dom == nullptr) {
+        if (err_.code == VIR_ERR_NO_DOMAIN) continue;  // null
+        freeAll();
+        return 0;
+      }
+      std::string uuid = UuidOf(dom);
+      auto seen = position.find(uuid);
+      if (seen != position.end()) {  // the same domain twice: ask for it once
+        slot[i] = seen->second;
+        virDomainFree(dom);
+        continue;
+      }
+      slot[i] = static_cast<ptrdiff_t>(doms.size());
+      position.emplace(uuid, slot[i]);
+      doms.push_back(dom);
+      canonical.push_back(std::move(uuid));
+    }
+    if (doms.empty()) return 1;
+    doms.push_back(nullptr);  // NULL-terminated
+    virDomainStatsRecordPtr* records = nullptr;
+    int nrec = virDomainListGetStats(doms.data(), VIR_DOMAIN_STATS_STATE, &records, 0);
+    if (nrec < 0) {
+      err_.Capture("virDomainListGetStats");
+      freeAll();
+      return (err_.code == VIR_ERR_NO_SUPPORT || err_.code == VIR_ERR_NO_DOMAIN) ? -1 : 0;
+    }
+    std::unordered_map<std::string, std::pair<int, int>> byUuid;
+    for (int r = 0; r < nrec; r++) {
+      std::pair<int, int> st{0, 0};
+      virTypedParamsGetInt(records[r]->params, records[r]->nparams, "state.state", &st.first);
+      virTypedParamsGetInt(records[r]->params, records[r]->nparams, "state.reason", &st.second);
+      byUuid.emplace(UuidOf(records[r]->dom), st);
+    }
+    virDomainStatsRecordListFree(records);
+    for (size_t i = 0; i < n; i++) {
+      if (slot[i] < 0) continue;
+      const std::string& uuid = canonical[static_cast<size_t>(slot[i])];
+      auto it = byUuid.find(uuid);
+      if (it != byUuid.end()) {
+        states_[i] = it->second;
+      } else {
+        core_->cache.Evict(uuids_[i]);  // vanished since the lookup: skipped by the driver
+      }
+    }
+    freeAll();
+    return 1;
   }
 
   Napi::Value Result(Napi::Env env) override {
