@@ -1,0 +1,104 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { DelayedStops, type TimerApi } from '../../src/bridge/delayed-stops';
+
+/** A manual clock: timers fire only when the test advances time. */
+class ManualTimers implements TimerApi {
+  now = 0;
+  #timers = new Map<number, { at: number; callback: () => void }>();
+  #next = 1;
+  setTimeout(callback: () => void, ms: number): unknown {
+    const id = this.#next++;
+    this.#timers.set(id, { at: this.now + ms, callback });
+    return id;
+  }
+  clearTimeout(handle: unknown): void {
+    this.#timers.delete(handle as number);
+  }
+  advance(ms: number): void {
+    this.now += ms;
+    for (const [id, timer] of [...this.#timers].sort((a, b) => a[1].at - b[1].at)) {
+      if (timer.at <= this.now && this.#timers.has(id)) {
+        this.#timers.delete(id);
+        timer.callback();
+      }
+    }
+  }
+  get pending(): number {
+    return this.#timers.size;
+  }
+}
+
+function setup(delay = 15000) {
+  const timers = new ManualTimers();
+  const released: Array<{ item: string; heldMs: number }> = [];
+  const stops = new DelayedStops<string>(
+    delay,
+    (item, heldMs) => released.push({ item, heldMs }),
+    timers,
+    () => timers.now,
+  );
+  return { timers, released, stops };
+}
+
+describe('DelayedStops (Nova _event_emit_delayed)', () => {
+  it('releases a lone STOPPED after the delay, with how long it was held', () => {
+    const { timers, released, stops } = setup();
+    stops.hold('a', 'stop-a');
+    timers.advance(14999);
+    assert.deepEqual(released, []);
+    assert.equal(stops.size, 1);
+    timers.advance(1);
+    assert.deepEqual(released, [{ item: 'stop-a', heldMs: 15000 }]);
+    assert.equal(stops.size, 0);
+  });
+
+  it('a later event for the same domain cancels it (reboot: STOPPED then STARTED)', () => {
+    const { timers, released, stops } = setup();
+    stops.hold('a', 'stop-a');
+    timers.advance(3000);
+    assert.equal(stops.cancel('a'), true);
+    timers.advance(20000);
+    assert.deepEqual(released, []);
+    assert.equal(timers.pending, 0);
+  });
+
+  it('an event for another domain does not cancel it', () => {
+    const { timers, released, stops } = setup();
+    stops.hold('a', 'stop-a');
+    assert.equal(stops.cancel('b'), false);
+    timers.advance(15000);
+    assert.deepEqual(
+      released.map((r) => r.item),
+      ['stop-a'],
+    );
+  });
+
+  it('a second STOPPED restarts the window; at most one is pending per domain', () => {
+    const { timers, released, stops } = setup();
+    stops.hold('a', 'first');
+    timers.advance(10000);
+    stops.hold('a', 'second');
+    assert.equal(stops.size, 1);
+    timers.advance(10000);
+    assert.deepEqual(released, []);
+    timers.advance(5000);
+    assert.deepEqual(released, [{ item: 'second', heldMs: 15000 }]);
+  });
+
+  it('takeAll empties the map in hold order and no timer fires afterwards', () => {
+    const { timers, released, stops } = setup();
+    stops.hold('a', 'stop-a');
+    timers.advance(1000);
+    stops.hold('b', 'stop-b');
+    timers.advance(500);
+    const all = stops.takeAll();
+    assert.deepEqual(all, [
+      { item: 'stop-a', heldMs: 1500 },
+      { item: 'stop-b', heldMs: 500 },
+    ]);
+    timers.advance(60000);
+    assert.deepEqual(released, []);
+    assert.equal(stops.size, 0);
+  });
+});
