@@ -36,6 +36,21 @@ export interface TestBroker {
   ctl(...args: string[]): Promise<string>;
 }
 
+/**
+ * Teardown runs once, after the whole test file (registered at import time, so at the root: an
+ * after() registered inside a before() hook would run as soon as that hook ends). Last in, first out.
+ */
+const cleanups: Array<() => Promise<unknown>> = [];
+export function onTeardown(cleanup: () => Promise<unknown>): void {
+  cleanups.push(cleanup);
+}
+after(async () => {
+  while (cleanups.length > 0)
+    await cleanups
+      .pop()?.()
+      .catch((error: unknown) => console.error('teardown:', error));
+});
+
 let ownRabbit: Promise<RabbitSandbox> | undefined;
 let ownPostgres: Promise<PostgresSandbox> | undefined;
 
@@ -46,7 +61,7 @@ function uniqueName(prefix: string): string {
 /** A private libvirtd for this test file, disposed after the file. */
 export async function testLibvirtd(): Promise<LibvirtdSandbox> {
   const sandbox = await startLibvirtd();
-  after(() => sandbox.dispose());
+  onTeardown(() => sandbox.dispose());
   return sandbox;
 }
 
@@ -55,7 +70,7 @@ export async function ownRabbitNode(
   options: Parameters<typeof startRabbitMQ>[0] = {},
 ): Promise<RabbitSandbox> {
   const node = await startRabbitMQ(options);
-  after(() => node.dispose());
+  onTeardown(() => node.dispose());
   return node;
 }
 
@@ -63,7 +78,7 @@ async function sharedNode(): Promise<SharedRabbit & { ctlEnv: NodeJS.ProcessEnv 
   const shared = process.env[SHARED_RABBIT_ENV];
   if (shared) return { ...(JSON.parse(shared) as SharedRabbit), ctlEnv: process.env };
   ownRabbit ??= startRabbitMQ({ name: 'virtbus-test' }).then((node) => {
-    after(() => node.dispose());
+    onTeardown(() => node.dispose());
     return node;
   });
   const node = await ownRabbit;
@@ -78,7 +93,7 @@ export async function testBroker(): Promise<TestBroker> {
     runChecked('rabbitmqctl', ['-q', '-n', node.nodeName, ...args], { env: node.ctlEnv });
   await ctl('add_vhost', vhost);
   await ctl('set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*');
-  after(() => ctl('delete_vhost', vhost).then(() => undefined));
+  onTeardown(() => ctl('delete_vhost', vhost));
   return { url: `amqp://guest:guest@${node.host}:${node.port}/${encodeURIComponent(vhost)}`, vhost, ctl };
 }
 
@@ -87,7 +102,7 @@ export async function testPostgresUrl(): Promise<string> {
   let base = process.env[SHARED_POSTGRES_ENV];
   if (!base) {
     ownPostgres ??= startPostgres().then((pg) => {
-      after(() => pg.dispose());
+      onTeardown(() => pg.dispose());
       return pg;
     });
     base = (await ownPostgres).url;
