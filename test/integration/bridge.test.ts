@@ -6,10 +6,18 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'amqplib';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { testBroker, testLibvirtd, type TestBroker } from '../support/services';
 import { BusRecorder, type Received } from '../support/bus';
-import { metricValue, scrape, startVirtbus, type ServiceProcess } from '../support/bridge-process';
+import {
+  metricValue,
+  scrape,
+  startVirtbus,
+  VIRTBUS_BIN,
+  type ServiceProcess,
+} from '../support/bridge-process';
 import { domainXml, openDriver } from '../support/domains';
 import type { LibvirtdSandbox } from '../../src/sandbox';
 import type { NativeConnection } from '../../src/native/contract';
@@ -278,6 +286,60 @@ describe('virtbus bridge', () => {
     }
   });
 
+  it('`virtbus tail` prints one line per event, filtered by --bind, or JSON with --json', async () => {
+    const env = { ...process.env, VIRTBUS_AMQP_URL: broker.url };
+    const human = spawn(process.execPath, [VIRTBUS_BIN, 'tail', '--bind', '*.started', '--no-color'], {
+      env,
+    });
+    const json = spawn(process.execPath, [VIRTBUS_BIN, 'tail', '--json'], { env });
+    let humanOut = '';
+    let jsonOut = '';
+    human.stdout.on('data', (chunk: Buffer) => (humanOut += chunk.toString()));
+    json.stdout.on('data', (chunk: Buffer) => (jsonOut += chunk.toString()));
+    try {
+      const listening = (child: typeof human): Promise<void> =>
+        new Promise((resolve) =>
+          child.stderr.on('data', (chunk: Buffer) => chunk.toString().includes('listening') && resolve()),
+        );
+      await Promise.all([listening(human), listening(json)]);
+      const ref = await driver.createXML(domainXml('tail-1'));
+      await driver.suspend(ref.uuid);
+      const deadline = Date.now() + 10000;
+      while ((!humanOut.includes('tail-1') || !jsonOut.includes('"paused"')) && Date.now() < deadline)
+        await sleep(50);
+      const line = humanOut.split('\n').find((l) => l.includes('tail-1'));
+      assert.ok(line, `tail printed: ${humanOut}`);
+      assert.match(
+        line,
+        /^\d{4}-\d\d-\d\dT[\d:.]+Z cmp-01\.Example\.org tail-1 started\s+STARTED\/BOOTED power=(running|paused)$/,
+      );
+      assert.ok(
+        humanOut
+          .trim()
+          .split('\n')
+          .every((l) => / started /.test(l)),
+        'the *.started binding filters out every other transition',
+      );
+      const bodies = jsonOut
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as LifecycleMessage)
+        .filter((b) => b.domain_name === 'tail-1');
+      assert.deepEqual(
+        bodies.map((b) => b.transition),
+        ['started', 'paused'],
+      );
+    } finally {
+      human.kill('SIGINT');
+      json.kill('SIGINT');
+      const codes = await Promise.all([once(human, 'exit'), once(json, 'exit')]);
+      assert.deepEqual(
+        codes.map(([code]) => code as number),
+        [0, 0],
+      );
+    }
+  });
+
   it('keeps messages no binding matches in the unroutable queue instead of losing them', async () => {
     // A vhost where nobody is bound to the lifecycle exchange.
     const lonely = await testBroker();
@@ -289,6 +351,7 @@ describe('virtbus bridge', () => {
     });
     try {
       await other.waitForLog('the start snapshot', (l) => l.msg === 'snapshot published');
+      await other.waitForLog('the topology', (l) => l.msg === 'publishing channel open');
       const model = await connect(lonely.url);
       const channel = await model.createChannel();
       let count = 0;
