@@ -17,6 +17,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'run the host-side bridge until SIGTERM/SIGINT',
     load: () => import('./commands/bridge.js'),
   },
+  tail: {
+    summary: 'print bus events live, one line each (--bind PATTERN, --json)',
+    load: () => import('./commands/tail.js'),
+  },
   config: {
     summary: 'validate and print the effective configuration, secrets redacted',
     load: () => import('./commands/config.js'),
