@@ -334,13 +334,13 @@ export const schema = {
       env: 'VIRTBUS_CONSUMER_QUEUE_TYPE',
     },
     bindings: {
-      doc: 'Binding patterns of the consumer queue on the lifecycle exchange (comma-separated in env), e.g. # or cmp-01.*.',
+      doc: 'Binding patterns of the consumer queue on the lifecycle exchange (comma-separated in env), e.g. `#` or `cmp-01.*`.',
       format: 'string-list',
       default: ['#'],
       env: 'VIRTBUS_CONSUMER_BINDINGS',
     },
     hosts: {
-      doc: 'Per-host mode: bind <host-segment>.* for each host listed instead of consumer.bindings.',
+      doc: 'Per-host mode: bind `<host-segment>.*` for each host listed instead of consumer.bindings.',
       format: 'string-list',
       default: [] as string[],
       env: 'VIRTBUS_CONSUMER_HOSTS',
