@@ -173,6 +173,35 @@ void CloseDetached(ConnCore& core, const Detached& d) noexcept {
   virResetLastError();
 }
 
+// Closes a connection nobody will close any more, off the JS thread (a finalizer must not do an
+// RPC). While the environment is being torn down no thread is started: the connection is leaked
+// (the process or worker is ending anyway).
+void ReapInBackground(const std::shared_ptr<ConnCore>& core,
+                      const std::shared_ptr<std::atomic<bool>>& tearingDown) noexcept {
+  Detached d;
+  if (!core->Detach(d)) return;
+  if (tearingDown && tearingDown->load()) {
+    new std::shared_ptr<ConnCore>(core);  // intentional leak
+    return;
+  }
+  try {
+    std::thread([core, d]() { CloseDetached(*core, d); }).detach();
+  } catch (...) {
+    new std::shared_ptr<ConnCore>(core);  // intentional leak
+  }
+}
+
+// Settling a promise can fail only while the environment is being torn down (a terminating
+// worker): then nobody can observe the promise any more. Swallow that instead of letting a
+// Napi::Error escape node-addon-api's completion callback, which would std::terminate the process.
+template <typename Fn>
+void Settle(Fn&& fn) noexcept {
+  try {
+    fn();
+  } catch (...) {
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Thread-pool jobs. Each holds its own connection reference for its whole life, so close()
 // racing a job is safe: whichever drops the last reference does the real close, on a worker.
@@ -211,16 +240,20 @@ class LibvirtJob : public Napi::AsyncWorker {
   }
 
   void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    if (ok_) {
-      deferred_.Resolve(Result(env));
-    } else {
-      deferred_.Reject(err_.ToJs(env));
-    }
+    Settle([this] {
+      Napi::Env env = Env();
+      Napi::HandleScope scope(env);
+      if (ok_) {
+        deferred_.Resolve(Result(env));
+      } else {
+        deferred_.Reject(err_.ToJs(env));
+      }
+    });
   }
 
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) override {
+    Settle([&] { deferred_.Reject(e.Value()); });
+  }
 
   // Worker thread. Return false after Fail()/err_ set.
   virtual bool Run() = 0;
@@ -632,8 +665,12 @@ class CloseJob : public Napi::AsyncWorker {
 
  protected:
   void Execute() override { CloseDetached(*core_, detached_); }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnOK() override {
+    Settle([this] { deferred_.Resolve(Env().Undefined()); });
+  }
+  void OnError(const Napi::Error& e) override {
+    Settle([&] { deferred_.Reject(e.Value()); });
+  }
 
  private:
   Napi::Promise::Deferred deferred_;
@@ -743,12 +780,15 @@ class OpenJob : public Napi::AsyncWorker {
   }
 
   void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
     if (!ok_) {
-      deferred_.Reject(err_.ToJs(env));
+      Settle([this] {
+        Napi::Env env = Env();
+        Napi::HandleScope scope(env);
+        deferred_.Reject(err_.ToJs(env));
+      });
       return;
     }
+    Napi::Env env = Env();
     auto core = std::make_shared<ConnCore>(id_);
     core->conn = conn_;
     core->lifecycleCb = lifecycleCb_;
@@ -756,20 +796,33 @@ class OpenJob : public Napi::AsyncWorker {
     core->closeCb = closeCb_;
     conn_ = nullptr;
     AddonData* data = GetAddonData(env);
-    t_constructing = &core;
-    Napi::Object obj;
-    try {
-      obj = data->connectionCtor.New({Napi::External<std::shared_ptr<ConnCore>>::New(env, &core)});
-    } catch (const Napi::Error& e) {
+    bool constructed = false;
+    Settle([&] {
+      Napi::HandleScope scope(env);
+      t_constructing = &core;
+      Napi::Object obj;
+      try {
+        obj = data->connectionCtor.New({Napi::External<std::shared_ptr<ConnCore>>::New(env, &core)});
+      } catch (...) {
+        t_constructing = nullptr;
+        throw;
+      }
       t_constructing = nullptr;
-      deferred_.Reject(e.Value());
-      return;
+      constructed = true;
+      deferred_.Resolve(obj);
+    });
+    if (!constructed) {
+      // Only when the environment is going away: nobody will use this connection.
+      ReapInBackground(core, data != nullptr ? data->tearingDown : nullptr);
+      Settle([&] {
+        deferred_.Reject(Napi::Error::New(env, "openConnection: cannot create the NativeConnection").Value());
+      });
     }
-    t_constructing = nullptr;
-    deferred_.Resolve(obj);
   }
 
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) override {
+    Settle([&] { deferred_.Reject(e.Value()); });
+  }
 
  private:
   Napi::Promise::Deferred deferred_;
@@ -835,19 +888,7 @@ class Connection : public Napi::ObjectWrap<Connection> {
 
   // Runs on the JS thread (GC or environment teardown): never an RPC here.
   ~Connection() override {
-    if (!core_) return;
-    Detached d;
-    if (!core_->Detach(d)) return;
-    if (tearingDown_ && tearingDown_->load()) {
-      // The environment is going away: leak the connection (the process or worker is ending).
-      new std::shared_ptr<ConnCore>(core_);
-      return;
-    }
-    try {
-      std::thread([core = core_, d]() { CloseDetached(*core, d); }).detach();
-    } catch (...) {
-      new std::shared_ptr<ConnCore>(core_);
-    }
+    if (core_) ReapInBackground(core_, tearingDown_);
   }
 
  private:

@@ -40,6 +40,9 @@ export const VIR_ERR_ERROR = 2;
 /** VIR_CONNECT_CLOSE_REASON_*. */
 export const CloseReason = { ERROR: 0, EOF: 1, KEEPALIVE: 2, CLIENT: 3 } as const;
 
+/** Environment variable naming another addon binary (a sanitizer or debug build, say). */
+export const ADDON_PATH_ENV = 'VIRTBUS_NATIVE_ADDON';
+
 export const NOT_BUILT_MESSAGE = 'native addon not built: run `npm run build:native`';
 
 /** Every function the addon must export; checked on load so a stale binary fails loudly. */
@@ -115,7 +118,8 @@ function requireAddon(path: string): NativeBinding {
 
 /**
  * Loads (once) and returns the native binding. `override` is a path to another .node file or a
- * ready-made NativeBinding (a fake in tests), returned as is.
+ * ready-made NativeBinding (a fake in tests), returned as is. Without one, $VIRTBUS_NATIVE_ADDON
+ * names the file if set, else native/build/Release (or Debug) is used.
  */
 export function loadNativeBinding(override?: string | NativeBinding): NativeBinding {
   if (override !== undefined && typeof override !== 'string') return checkShape(override, 'override');
@@ -130,6 +134,11 @@ export function loadNativeBinding(override?: string | NativeBinding): NativeBind
     return binding;
   }
   if (cached) return cached;
+  const fromEnv = process.env[ADDON_PATH_ENV];
+  if (fromEnv) {
+    cached = loadNativeBinding(fromEnv);
+    return cached;
+  }
   const candidates = defaultAddonCandidates();
   const found = candidates.find((path) => existsSync(path));
   if (!found) throw new Error(`${NOT_BUILT_MESSAGE} (looked for ${candidates.join(', ')})`);
