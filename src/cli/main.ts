@@ -25,6 +25,14 @@ const COMMANDS: Record<string, Command> = {
     summary: 'validate and print the effective configuration, secrets redacted',
     load: () => import('./commands/config.js'),
   },
+  consumer: {
+    summary: 'run the consumer (Nova power-state sync against the instance DB) until SIGTERM/SIGINT',
+    load: () => import('./commands/consumer.js'),
+  },
+  instances: {
+    summary: 'manage instance rows: import FILE | list [--json] | set UUID key=value...',
+    load: () => import('./commands/instances.js'),
+  },
 };
 
 export const MAIN_USAGE = `Usage: virtbus <command> [options]

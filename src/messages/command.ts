@@ -23,14 +23,23 @@ export interface StopCommand {
   readonly issued_at: string;
   /** The bridge ignores commands older than this (the consumer has given up by then). */
   readonly expires_at: string;
+  /**
+   * Optional (added compatibly; a bridge that does not know it ignores it): execute only while the
+   * domain's live Nova power_state is one of these, otherwise answer outcome `skipped`. The consumer
+   * sets it to [4, 6] for Nova's 4b stop (active instance found SHUTDOWN/CRASHED), because Nova's
+   * _stop_unexpected_shutdown_instance re-reads the live state and stops only if the guest is
+   * *still* off: a guest that came back meanwhile must not be shut down.
+   */
+  readonly only_if_power_states?: readonly number[];
 }
 
 /**
  * stopped: the domain was shut off by this command; already_stopped: it was not running; failed:
  * libvirt refused (error set); expired: the command arrived after expires_at and was not executed;
- * refused: this bridge does not execute commands (read-only or disabled).
+ * refused: this bridge does not execute commands (read-only or disabled); skipped: the live
+ * power_state was not one of the command's only_if_power_states, so nothing was done.
  */
-export type CommandOutcome = 'stopped' | 'already_stopped' | 'failed' | 'expired' | 'refused';
+export type CommandOutcome = 'stopped' | 'already_stopped' | 'failed' | 'expired' | 'refused' | 'skipped';
 
 export interface CommandResult {
   readonly schema: typeof COMMAND_RESULT_SCHEMA;

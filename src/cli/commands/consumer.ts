@@ -1,0 +1,119 @@
+/**
+ * `virtbus consumer`: runs the consumer until SIGTERM/SIGINT. Never loads the native addon: it needs
+ * only the broker and the instance database.
+ */
+import { hostname } from 'node:os';
+import { AmqpConnection, amqpOptionsFromConfig } from '../../amqp/connection';
+import { loadConfig } from '../../config/load';
+import { createConsumerMetrics } from '../../consumer/metrics';
+import { ConsumerService } from '../../consumer/service';
+import { startMetricsServer, type MetricsServer } from '../../metrics/server';
+import { openStore } from '../../store/open';
+import type { InstanceStore } from '../../store/types';
+import { createLogger } from '../../util/log';
+import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
+
+const HELP = `Usage: virtbus consumer [config flags]
+
+Runs the consumer until SIGTERM or SIGINT: reads lifecycle messages from its queue
+(consumer.queue, bound to the lifecycle exchange), keeps the instance database's power state true
+to the hypervisor the way Nova's compute manager does (handle_lifecycle_event and the power-state
+sync), sends stop/force_stop commands to the bridges (consumer.mode = nova) or only records what
+Nova would do (observe), and emits instance.update notifications. Unusable messages go to the
+dead-letter queue with the reason in header x-virtbus-reason.
+
+Database: db.url = sqlite:<path> (embedded, default sqlite:./data/virtbus.db) or
+postgres://user:password@host:port/db (several consumers may share it and the queue).
+
+Options:
+  --queue NAME          consumer.queue (VIRTBUS_CONSUMER_QUEUE)
+  --mode nova|observe   consumer.mode (VIRTBUS_CONSUMER_MODE)
+  --db-url URL          db.url (VIRTBUS_DB_URL)
+  --amqp-url URL        amqp.url (VIRTBUS_AMQP_URL)
+  --exchange NAME       amqp.exchange (VIRTBUS_EXCHANGE)
+  --metrics-host/--metrics-port, --log-level, and the other configuration flags:
+  --${CONFIG_FLAGS.join(', --')}
+
+Every other key: VIRTBUS_* environment variables or files in VIRTBUS_CONFIG (virtbus config
+--role consumer prints the effective configuration). Endpoints: /metrics, /healthz, /readyz on
+metrics.host:metrics.port (default 127.0.0.1:9479).
+Exit codes: 0 clean stop, 2 bad configuration or usage, 1 other fatal errors.
+`;
+
+/** Resolves with the first SIGTERM/SIGINT; a second one exits at once. */
+function nextSignal(onSecond: () => void): { promise: Promise<NodeJS.Signals>; dispose(): void } {
+  let resolveSignal: (signal: NodeJS.Signals) => void = () => undefined;
+  const promise = new Promise<NodeJS.Signals>((resolve) => (resolveSignal = resolve));
+  let count = 0;
+  const handler = (signal: NodeJS.Signals): void => {
+    count += 1;
+    if (count > 1) onSecond();
+    else resolveSignal(signal);
+  };
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
+  return {
+    promise,
+    dispose: () => {
+      process.off('SIGTERM', handler);
+      process.off('SIGINT', handler);
+    },
+  };
+}
+
+export async function run(argv: readonly string[]): Promise<number> {
+  const args = parseArgs(argv, {}, CONFIG_FLAGS);
+  if (args.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${args.positionals[0]}`);
+  const config = loadConfig({ role: 'consumer', args: args.configArgs });
+  const logger = createLogger(config.log.level, 'virtbus-consumer');
+  const signals = nextSignal(() => {
+    logger.warn('second signal: exiting without waiting');
+    process.exit(1);
+  });
+  let store: InstanceStore;
+  try {
+    store = openStore(config.db, logger.child({ module: 'store' }), 'virtbus-consumer');
+  } catch (error) {
+    signals.dispose();
+    logger.fatal({ err: error }, 'cannot open the instance database');
+    return 1;
+  }
+  const metrics = createConsumerMetrics();
+  const amqp = new AmqpConnection(
+    amqpOptionsFromConfig(config.amqp, `virtbus-consumer@${hostname()}`, logger.child({ module: 'amqp' })),
+  );
+  const service = new ConsumerService({
+    settings: config,
+    store,
+    metrics,
+    logger: logger.child({ module: 'consumer' }),
+    amqp,
+  });
+  let server: MetricsServer | undefined;
+  try {
+    server = await startMetricsServer({
+      host: config.metrics.host,
+      port: config.metrics.port,
+      registry: metrics.registry,
+      readiness: service.readiness(),
+    });
+    logger.info(
+      { port: server.port, host: server.host, mode: config.consumer.mode, store: store.kind },
+      'consumer started; metrics listening',
+    );
+    service.start();
+    const signal = await signals.promise;
+    logger.info({ signal }, 'shutting down');
+    await service.stop();
+    return 0;
+  } finally {
+    signals.dispose();
+    await store.close();
+    await server?.close();
+    logger.info('consumer stopped');
+  }
+}

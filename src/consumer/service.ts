@@ -1,0 +1,614 @@
+/**
+ * The consumer process's engine: takes lifecycle messages and stop-command results from its queues,
+ * validates them (unusable ones go to the dead-letter exchange with the reason), runs the handler
+ * with messages of one instance in order, and acknowledges each message only after its database
+ * changes are committed.
+ *
+ * Failure handling:
+ * - broker lost: the AmqpConnection reconnects; topology is re-declared and consumption resumes.
+ *   Messages that were in flight are redelivered by the broker; the handler's event-position guard
+ *   makes that harmless.
+ * - database unavailable: consumption pauses (consumers cancelled), the messages in hand stay
+ *   unacknowledged and wait, readiness goes false, the database is probed with backoff; when it
+ *   answers they are processed, acknowledged, and consumption resumes. Nothing is nacked, so a
+ *   database outage never counts against a quorum queue's delivery limit.
+ * - a message that fails on a database that does answer: dead-lettered with the error as reason.
+ */
+import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Options } from 'amqplib';
+import { EventEmitter } from 'node:events';
+import type { AmqpConnection } from '../amqp/connection';
+import { assertTopology } from '../amqp/topology';
+import type { ReadinessCheck } from '../metrics/server';
+import { commandRoutingKey, type StopCommand } from '../messages/command';
+import { APP_ID } from '../messages/lifecycle';
+import { Notifier, prepareNotificationExchange } from '../notify/notifier';
+import { StoreUnavailableError, type InstanceStore } from '../store/types';
+import { Backoff, cancellableDelay } from '../util/backoff';
+import type { Logger } from '../util/log';
+import { isoMicros, nowMicros } from '../util/time';
+import { LifecycleHandler, type ConsumerMode } from './handler';
+import type { ConsumerMetrics, MessageOutcome } from './metrics';
+import { consumerTopology, type ConsumerTopologySettings } from './topology';
+import { validateCommandResult, validateLifecycle } from './validate';
+
+export const REASON_HEADER = 'x-virtbus-reason';
+
+export interface ConsumerSettings extends ConsumerTopologySettings {
+  readonly consumer: ConsumerTopologySettings['consumer'] & {
+    readonly prefetch: number;
+    /** nova or observe (validated by the configuration schema). */
+    readonly mode: string;
+    readonly stopTimeoutMs: number;
+    readonly queueDepthIntervalMs: number;
+    readonly maxFutureSkewMs: number;
+    readonly shutdownTimeoutMs: number;
+    readonly notifications: {
+      readonly enabled: boolean;
+      readonly exchange: string;
+      readonly topic: string;
+      readonly durable: boolean;
+    };
+  };
+  readonly db: { readonly retryInitialDelayMs: number; readonly retryMaxDelayMs: number };
+}
+
+export interface ProcessedInfo {
+  readonly queue: 'lifecycle' | 'result';
+  readonly messageId: string | undefined;
+  readonly outcome: MessageOutcome;
+  readonly reason?: string;
+}
+
+interface ServiceEvents {
+  /** After a message was acknowledged (or dead-lettered and acknowledged). */
+  processed: [info: ProcessedInfo];
+  /** Consumption started (true) or paused/stopped (false). */
+  consuming: [active: boolean];
+}
+
+interface Channels {
+  readonly generation: number;
+  readonly consume: Channel;
+  readonly publish: ConfirmChannel;
+  depth: Channel | undefined;
+  tags: string[];
+  subscribing: boolean;
+  open: boolean;
+}
+
+class ShutdownAbort extends Error {
+  override readonly name = 'ShutdownAbort';
+}
+
+/** Runs tasks with the same key one after another, tasks with different keys concurrently. */
+class KeyedLanes {
+  readonly #tails = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, task: () => Promise<T>): Promise<T> {
+    const previous = this.#tails.get(key) ?? Promise.resolve();
+    const next = previous.then(task, task);
+    const tail = next.catch(() => undefined);
+    this.#tails.set(key, tail);
+    void tail.then(() => {
+      if (this.#tails.get(key) === tail) this.#tails.delete(key);
+    });
+    return next;
+  }
+}
+
+export class ConsumerService extends EventEmitter<ServiceEvents> {
+  readonly handler: LifecycleHandler;
+  readonly #settings: ConsumerSettings;
+  readonly #store: InstanceStore;
+  readonly #metrics: ConsumerMetrics;
+  readonly #logger: Logger;
+  readonly #amqp: AmqpConnection;
+  readonly #lanes = new KeyedLanes();
+  readonly #inFlight = new Set<Promise<void>>();
+  readonly #abort = new AbortController();
+  #channels: Channels | undefined;
+  #generation = 0;
+  #dbUp = false;
+  #dbInit: Promise<void> | undefined;
+  #outage: Promise<void> | undefined;
+  #consuming = false;
+  #stopping: Promise<void> | undefined;
+  #timers: NodeJS.Timeout[] = [];
+  #sweeping = false;
+
+  constructor(options: {
+    readonly settings: ConsumerSettings;
+    readonly store: InstanceStore;
+    readonly metrics: ConsumerMetrics;
+    readonly logger: Logger;
+    readonly amqp: AmqpConnection;
+  }) {
+    super();
+    this.#settings = options.settings;
+    this.#store = options.store;
+    this.#metrics = options.metrics;
+    this.#logger = options.logger;
+    this.#amqp = options.amqp;
+    const { notifications } = this.#settings.consumer;
+    const notifier = new Notifier({
+      enabled: notifications.enabled,
+      exchange: notifications.exchange,
+      topic: notifications.topic,
+      persistent: notifications.durable,
+      publish: (exchange, routingKey, body, publishOptions) =>
+        this.#publish(exchange, routingKey, body, {
+          persistent: publishOptions.persistent,
+          messageId: publishOptions.messageId,
+          contentType: 'application/json',
+          contentEncoding: 'utf-8',
+        }),
+      count: (outcome) => this.#metrics.notifications.inc({ outcome }),
+      logger: this.#logger.child({ module: 'notifier' }),
+    });
+    this.handler = new LifecycleHandler({
+      store: this.#store,
+      mode: (this.#settings.consumer.mode === 'observe' ? 'observe' : 'nova') satisfies ConsumerMode,
+      stopTimeoutMs: this.#settings.consumer.stopTimeoutMs,
+      notifier,
+      sendCommand: (command, ttlMs) => this.#sendCommand(command, ttlMs),
+      metrics: this.#metrics,
+      logger: this.#logger.child({ module: 'sync' }),
+    });
+  }
+
+  /** Starts the database and broker loops in the background; readiness reports progress. */
+  start(): void {
+    this.#metrics.dbUp.set(0);
+    this.#metrics.amqpUp.set(0);
+    this.#metrics.paused.set(0);
+    this.#amqp.on('up', (model) => void this.#onUp(model));
+    this.#amqp.on('down', () => this.#onDown());
+    this.#dbInit = this.#initDb();
+    this.#amqp.start();
+    const { queueDepthIntervalMs, stopTimeoutMs } = this.#settings.consumer;
+    this.#timers.push(setInterval(() => void this.#pollDepth(), queueDepthIntervalMs));
+    const sweepMs = Math.min(5000, Math.max(100, Math.floor(stopTimeoutMs / 4)));
+    this.#timers.push(setInterval(() => void this.#sweep(), sweepMs));
+    for (const timer of this.#timers) timer.unref();
+  }
+
+  get ready(): boolean {
+    return this.#consuming && this.#dbUp && this.#amqp.isUp;
+  }
+
+  readiness(): ReadinessCheck[] {
+    return [
+      { name: 'amqp', ready: () => this.#amqp.isUp && this.#channels?.open === true },
+      { name: 'db', ready: () => this.#dbUp },
+      { name: 'consuming', ready: () => this.#consuming },
+    ];
+  }
+
+  /** Resolves when the consumer is consuming (tests and the CLI's start-up log). */
+  async whenReady(timeoutMs = 30000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.ready) {
+      if (Date.now() > deadline) throw new Error(`consumer not ready after ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
+  /**
+   * Graceful stop: cancel the consumers, let messages in hand finish (bounded by
+   * consumer.shutdownTimeoutMs; unfinished ones are redelivered), close the broker connection.
+   * The store belongs to the caller.
+   */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#shutdown();
+    return this.#stopping;
+  }
+
+  async #shutdown(): Promise<void> {
+    for (const timer of this.#timers) clearInterval(timer);
+    await this.#cancelConsumers();
+    const drained = Promise.allSettled([...this.#inFlight]);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), this.#settings.consumer.shutdownTimeoutMs);
+    });
+    const result = await Promise.race([drained.then(() => 'drained' as const), timeout]);
+    clearTimeout(timer);
+    if (result === 'timeout')
+      this.#logger.warn(
+        { inFlight: this.#inFlight.size },
+        'shutdown timeout: unfinished messages will be redelivered',
+      );
+    this.#abort.abort();
+    await this.#dbInit;
+    await this.#amqp.close();
+    this.#consuming = false;
+    this.#metrics.amqpUp.set(0);
+  }
+
+  // ---- database ----------------------------------------------------------------------------
+
+  async #initDb(): Promise<void> {
+    const backoff = new Backoff(this.#settings.db.retryInitialDelayMs, this.#settings.db.retryMaxDelayMs);
+    while (!this.#abort.signal.aborted) {
+      try {
+        await this.#store.migrate();
+        this.#setDbUp(true);
+        this.#logger.info({ store: this.#store.kind }, 'instance database ready');
+        void this.#resume();
+        return;
+      } catch (error) {
+        const delay = backoff.next();
+        this.#logger.error({ err: error, retryInMs: delay }, 'instance database unavailable at start-up');
+        await cancellableDelay(delay, this.#abort.signal);
+      }
+    }
+  }
+
+  #setDbUp(up: boolean): void {
+    this.#dbUp = up;
+    this.#metrics.dbUp.set(up ? 1 : 0);
+  }
+
+  /**
+   * Runs `task` until it succeeds. A StoreUnavailableError, or any error while the database does not
+   * answer a ping, waits for the database (pausing consumption); an error on a healthy database is
+   * the message's own and is thrown.
+   */
+  async #withDb<T>(task: () => Promise<T>): Promise<T> {
+    for (;;) {
+      if (this.#outage) await this.#outage;
+      if (this.#abort.signal.aborted) throw new ShutdownAbort('shutting down');
+      try {
+        return await task();
+      } catch (error) {
+        if (this.#abort.signal.aborted) throw new ShutdownAbort('shutting down');
+        if (!(error instanceof StoreUnavailableError)) {
+          const healthy = await this.#store.ping().then(
+            () => true,
+            () => false,
+          );
+          if (healthy) throw error;
+        }
+        this.#metrics.dbErrors.inc();
+        await this.#dbOutage(error);
+      }
+    }
+  }
+
+  #dbOutage(error: unknown): Promise<void> {
+    if (!this.#outage) {
+      this.#setDbUp(false);
+      this.#logger.error({ err: error }, 'instance database unavailable: pausing consumption');
+      void this.#pause();
+      this.#outage = this.#probe().finally(() => {
+        this.#outage = undefined;
+      });
+    }
+    return this.#outage;
+  }
+
+  async #probe(): Promise<void> {
+    const backoff = new Backoff(this.#settings.db.retryInitialDelayMs, this.#settings.db.retryMaxDelayMs);
+    for (;;) {
+      await cancellableDelay(backoff.next(), this.#abort.signal);
+      if (this.#abort.signal.aborted) throw new ShutdownAbort('shutting down');
+      try {
+        await this.#store.ping();
+        break;
+      } catch (error) {
+        this.#logger.debug({ err: error }, 'instance database still unavailable');
+      }
+    }
+    this.#setDbUp(true);
+    this.#logger.info('instance database back: resuming consumption');
+    void this.#resume();
+  }
+
+  // ---- broker ------------------------------------------------------------------------------
+
+  async #onUp(model: ChannelModel): Promise<void> {
+    if (this.#abort.signal.aborted) return;
+    const generation = ++this.#generation;
+    try {
+      const publish = await model.createConfirmChannel();
+      publish.on('error', (error: Error) => this.#logger.warn({ err: error }, 'publish channel error'));
+      await assertTopology(publish, consumerTopology(this.#settings));
+      const { notifications } = this.#settings.consumer;
+      if (notifications.enabled)
+        await prepareNotificationExchange(model, notifications.exchange, notifications.durable);
+      const consume = await model.createChannel();
+      consume.on('error', (error: Error) => this.#logger.warn({ err: error }, 'consume channel error'));
+      await consume.prefetch(this.#settings.consumer.prefetch);
+      const channels: Channels = {
+        generation,
+        consume,
+        publish,
+        depth: undefined,
+        tags: [],
+        subscribing: false,
+        open: true,
+      };
+      const closed = (): void => {
+        if (!channels.open) return;
+        channels.open = false;
+        if (this.#channels === channels) {
+          this.#setConsuming(false);
+          this.#logger.warn('broker channel closed; reconnecting');
+          this.#amqp.reset('consumer channel closed');
+        }
+      };
+      consume.on('close', closed);
+      publish.on('close', closed);
+      if (generation !== this.#generation || this.#abort.signal.aborted) {
+        await model.close().catch(() => undefined);
+        return;
+      }
+      this.#channels = channels;
+      this.#metrics.amqpUp.set(1);
+      this.#logger.info({ queue: this.#settings.consumer.queue }, 'consumer topology declared');
+      await this.#resume();
+      void this.#pollDepth();
+    } catch (error) {
+      this.#logger.error({ err: error }, 'cannot set up the consumer on the broker; reconnecting');
+      this.#amqp.reset('consumer setup failed');
+    }
+  }
+
+  #onDown(): void {
+    if (this.#channels) this.#channels.open = false;
+    this.#channels = undefined;
+    this.#metrics.amqpUp.set(0);
+    this.#setConsuming(false);
+  }
+
+  #setConsuming(active: boolean): void {
+    if (this.#consuming === active) return;
+    this.#consuming = active;
+    this.#metrics.paused.set(!active && !this.#dbUp ? 1 : 0);
+    this.emit('consuming', active);
+  }
+
+  /** Starts consuming when the broker is up, the database answers and we are not stopping. */
+  async #resume(): Promise<void> {
+    const channels = this.#channels;
+    if (!channels?.open || !this.#dbUp || this.#outage || this.#stopping) return;
+    if (channels.subscribing || channels.tags.length > 0) return;
+    const { queue, resultQueue } = this.#settings.consumer;
+    channels.subscribing = true;
+    try {
+      const lifecycle = await channels.consume.consume(queue, (message) => {
+        if (message) this.#accept('lifecycle', channels, message);
+      });
+      const results = await channels.consume.consume(resultQueue, (message) => {
+        if (message) this.#accept('result', channels, message);
+      });
+      channels.tags = [lifecycle.consumerTag, results.consumerTag];
+      this.#setConsuming(true);
+      this.#logger.info({ queue, resultQueue, prefetch: this.#settings.consumer.prefetch }, 'consuming');
+      // The database may have gone away while we subscribed.
+      if (!this.#dbUp || this.#outage) await this.#pause();
+    } catch (error) {
+      this.#logger.error({ err: error }, 'cannot consume; reconnecting');
+      this.#amqp.reset('consume failed');
+    } finally {
+      channels.subscribing = false;
+    }
+  }
+
+  /** Cancels the consumers (messages in hand stay ours, unacknowledged). */
+  async #pause(): Promise<void> {
+    this.#setConsuming(false);
+    this.#metrics.paused.set(this.#dbUp ? 0 : 1);
+    await this.#cancelConsumers();
+  }
+
+  async #cancelConsumers(): Promise<void> {
+    const channels = this.#channels;
+    if (!channels) return;
+    const tags = channels.tags;
+    channels.tags = [];
+    this.#setConsuming(false);
+    for (const tag of tags) await channels.consume.cancel(tag).catch(() => undefined);
+  }
+
+  // ---- messages ----------------------------------------------------------------------------
+
+  #accept(queue: 'lifecycle' | 'result', channels: Channels, message: ConsumeMessage): void {
+    this.#metrics.inFlight.inc();
+    const task = this.#process(queue, channels, message)
+      .catch((error: unknown) => {
+        if (error instanceof ShutdownAbort) return;
+        this.#logger.error({ err: error }, 'message left unacknowledged after an unexpected failure');
+      })
+      .finally(() => {
+        this.#metrics.inFlight.dec();
+        this.#inFlight.delete(task);
+      });
+    this.#inFlight.add(task);
+  }
+
+  async #process(queue: 'lifecycle' | 'result', channels: Channels, message: ConsumeMessage): Promise<void> {
+    const { consumer } = this.#settings;
+    const messageId =
+      typeof message.properties.messageId === 'string' ? message.properties.messageId : undefined;
+    let outcome: MessageOutcome;
+    if (queue === 'lifecycle') {
+      const validated = validateLifecycle(message.content, nowMicros(), consumer.maxFutureSkewMs);
+      if (!validated.ok) return this.#deadLetter(queue, channels, message, validated.reason);
+      const event = validated.value;
+      const key = event.instanceUuid ?? `sync_end:${event.host}`;
+      try {
+        outcome = await this.#lanes.run(key, () => this.#withDb(() => this.handler.handleLifecycle(event)));
+      } catch (error) {
+        if (error instanceof ShutdownAbort) throw error;
+        return this.#deadLetter(queue, channels, message, `processing failed: ${(error as Error).message}`);
+      }
+    } else {
+      const validated = validateCommandResult(message.content);
+      if (!validated.ok) return this.#deadLetter(queue, channels, message, validated.reason);
+      const result = validated.value;
+      try {
+        outcome = await this.#lanes.run(result.instanceUuid, () =>
+          this.#withDb(() => this.handler.handleResult(result)),
+        );
+      } catch (error) {
+        if (error instanceof ShutdownAbort) throw error;
+        return this.#deadLetter(queue, channels, message, `processing failed: ${(error as Error).message}`);
+      }
+    }
+    this.#metrics.messages.inc({ outcome });
+    if (this.#ack(channels, message)) this.emit('processed', { queue, messageId, outcome });
+  }
+
+  /** Acknowledges on the channel the message came from; false when that channel is gone (redelivery). */
+  #ack(channels: Channels, message: ConsumeMessage): boolean {
+    if (!channels.open) {
+      this.#logger.debug('channel gone before the ack; the broker redelivers the message');
+      return false;
+    }
+    try {
+      channels.consume.ack(message);
+      return true;
+    } catch (error) {
+      this.#logger.debug({ err: error }, 'ack failed; the broker redelivers the message');
+      return false;
+    }
+  }
+
+  /**
+   * Publishes the message unchanged to the dead-letter exchange with the reason in a header (on the
+   * confirm channel), then acknowledges the original. If the dead-letter publish fails, the original
+   * is returned to the queue instead (its delivery limit bounds the retries), so nothing is lost.
+   */
+  async #deadLetter(
+    queue: 'lifecycle' | 'result',
+    channels: Channels,
+    message: ConsumeMessage,
+    reason: string,
+  ): Promise<void> {
+    const { consumer } = this.#settings;
+    const properties = message.properties;
+    const headers: Record<string, unknown> = {
+      ...properties.headers,
+      [REASON_HEADER]: reason,
+      'x-virtbus-queue': queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
+      'x-virtbus-original-exchange': message.fields.exchange,
+      'x-virtbus-original-routing-key': message.fields.routingKey,
+      'x-virtbus-dead-lettered-at': isoMicros(nowMicros()),
+    };
+    const options: Options.Publish = { headers, persistent: true };
+    if (properties.contentType) options.contentType = properties.contentType as string;
+    if (properties.contentEncoding) options.contentEncoding = properties.contentEncoding as string;
+    if (properties.messageId) options.messageId = properties.messageId as string;
+    if (properties.type) options.type = properties.type as string;
+    if (properties.appId) options.appId = properties.appId as string;
+    if (properties.timestamp) options.timestamp = properties.timestamp as number;
+    if (properties.correlationId) options.correlationId = properties.correlationId as string;
+    try {
+      await this.#publish(
+        consumer.deadLetterExchange,
+        message.fields.routingKey,
+        message.content,
+        options,
+        channels,
+      );
+    } catch (error) {
+      this.#logger.error({ err: error, reason }, 'cannot dead-letter a message; returning it to its queue');
+      if (channels.open) {
+        try {
+          channels.consume.nack(message, false, true);
+        } catch {
+          // the channel closed meanwhile: the broker returns the message itself
+        }
+      }
+      return;
+    }
+    this.#metrics.messages.inc({ outcome: 'dead_lettered' });
+    this.#logger.warn(
+      { reason, routingKey: message.fields.routingKey, messageId: properties.messageId as unknown },
+      'message dead-lettered',
+    );
+    if (this.#ack(channels, message))
+      this.emit('processed', {
+        queue,
+        messageId: typeof properties.messageId === 'string' ? properties.messageId : undefined,
+        outcome: 'dead_lettered',
+        reason,
+      });
+  }
+
+  #publish(
+    exchange: string,
+    routingKey: string,
+    content: Buffer,
+    options: Options.Publish,
+    channels: Channels | undefined = this.#channels,
+  ): Promise<void> {
+    if (!channels?.open) return Promise.reject(new Error('not connected to the broker'));
+    return new Promise<void>((resolve, reject) => {
+      try {
+        channels.publish.publish(exchange, routingKey, content, options, (error: unknown) =>
+          error
+            ? reject(error instanceof Error ? error : new Error('publish nacked by the broker'))
+            : resolve(),
+        );
+      } catch (error) {
+        reject(error instanceof Error ? error : new Error(String(error)));
+      }
+    });
+  }
+
+  #sendCommand(command: StopCommand, ttlMs: number): Promise<void> {
+    return this.#publish(
+      this.#settings.amqp.commandExchange,
+      commandRoutingKey(command.host),
+      Buffer.from(JSON.stringify(command)),
+      {
+        persistent: true,
+        contentType: 'application/json',
+        messageId: command.command_id,
+        appId: APP_ID,
+        type: command.schema,
+        timestamp: Math.floor(Date.now() / 1000),
+        expiration: String(ttlMs),
+      },
+    );
+  }
+
+  // ---- timers ------------------------------------------------------------------------------
+
+  async #pollDepth(): Promise<void> {
+    const channels = this.#channels;
+    const model = this.#amqp.model;
+    if (!channels?.open || !model) return;
+    try {
+      if (!channels.depth) {
+        const depth = await model.createChannel();
+        depth.on('error', () => undefined);
+        depth.on('close', () => {
+          if (channels.depth === depth) channels.depth = undefined;
+        });
+        channels.depth = depth;
+      }
+      const { consumer } = this.#settings;
+      const main = await channels.depth.checkQueue(consumer.queue);
+      this.#metrics.queueDepth.set(main.messageCount);
+      const dead = await channels.depth.checkQueue(consumer.deadLetterQueue);
+      this.#metrics.deadLetterDepth.set(dead.messageCount);
+    } catch (error) {
+      this.#logger.debug({ err: error }, 'queue depth not read');
+    }
+  }
+
+  async #sweep(): Promise<void> {
+    if (this.#sweeping || !this.#dbUp || this.#outage || this.#stopping) return;
+    this.#sweeping = true;
+    try {
+      await this.handler.expireCommands();
+    } catch (error) {
+      this.#logger.warn({ err: error }, 'stop-command timeout sweep failed');
+    } finally {
+      this.#sweeping = false;
+    }
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * Emits instance.update notifications for the consumer: one per saved change of power_state,
+ * vm_state or task_state, exchange `nova` (configurable), routing key `versioned_notifications.info`.
+ * Like Nova's notifier it is fire-and-forget for the caller: a failed publish is logged and counted,
+ * never retried, and never fails the database change it describes.
+ */
+import type { Channel, ChannelModel } from 'amqplib';
+import type { InstanceRow } from '../store/types';
+import type { Logger } from '../util/log';
+import { nowMicros } from '../util/time';
+import { buildInstanceUpdate, notificationRoutingKey } from './instance-update';
+
+export interface NotifierOptions {
+  readonly enabled: boolean;
+  readonly exchange: string;
+  readonly topic: string;
+  /** Publishes on a confirm channel; resolves on the broker's confirm. */
+  readonly publish: (
+    exchange: string,
+    routingKey: string,
+    body: Buffer,
+    options: { readonly persistent: boolean; readonly messageId: string },
+  ) => Promise<void>;
+  /** Called with 'published' or 'failed' per notification (metrics). */
+  readonly count: (outcome: 'published' | 'failed') => void;
+  readonly logger: Logger;
+  /** Message persistence follows the exchange's durability, as oslo does. */
+  readonly persistent: boolean;
+}
+
+export class Notifier {
+  readonly #options: NotifierOptions;
+
+  constructor(options: NotifierOptions) {
+    this.#options = options;
+  }
+
+  get enabled(): boolean {
+    return this.#options.enabled;
+  }
+
+  /**
+   * Notifies each step of a change in order: `steps` are the row's successive states after `before`
+   * (Nova saves power_state and then task_state separately when the sync starts a stop, and sends
+   * one notification per save).
+   */
+  async instanceUpdates(before: InstanceRow, steps: readonly InstanceRow[]): Promise<void> {
+    if (!this.#options.enabled) return;
+    let previous = before;
+    for (const step of steps) {
+      await this.#send(step, previous);
+      previous = step;
+    }
+  }
+
+  async #send(row: InstanceRow, before: InstanceRow): Promise<void> {
+    const { exchange, topic, logger } = this.#options;
+    const { message, envelope } = buildInstanceUpdate(row, before, { nowMicros: nowMicros() });
+    try {
+      await this.#options.publish(
+        exchange,
+        notificationRoutingKey(topic),
+        Buffer.from(JSON.stringify(envelope)),
+        {
+          persistent: this.#options.persistent,
+          messageId: message.message_id,
+        },
+      );
+      this.#options.count('published');
+    } catch (error) {
+      this.#options.count('failed');
+      logger.warn({ err: error, uuid: row.uuid }, 'instance.update notification not published');
+    }
+  }
+}
+
+/**
+ * Makes sure the notification exchange exists without fighting its owner: an existing exchange (a
+ * Nova deployment declares `nova` itself) is used as it is, whatever its durability; a missing one is
+ * created as a topic exchange with the configured durability. Uses throw-away channels, because a
+ * failed passive declare closes the channel.
+ */
+export async function prepareNotificationExchange(
+  model: ChannelModel,
+  exchange: string,
+  durable: boolean,
+): Promise<void> {
+  const probe: Channel = await model.createChannel();
+  probe.on('error', () => undefined);
+  try {
+    await probe.checkExchange(exchange);
+    await probe.close().catch(() => undefined);
+    return;
+  } catch {
+    // 404: create it below (the probe channel is closed by the broker)
+  }
+  const channel = await model.createChannel();
+  channel.on('error', () => undefined);
+  try {
+    await channel.assertExchange(exchange, 'topic', { durable });
+  } finally {
+    await channel.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,195 @@
+/**
+ * The shared store: PostgreSQL through a pg pool. Every statement autocommits; writes are
+ * compare-and-swap updates on `version` (UPDATE … WHERE uuid = $ AND version = $), so several
+ * consumers on one database never move a row on a stale read. Migrations run under an advisory lock,
+ * so consumers starting together migrate once.
+ */
+import { Pool, type PoolClient } from 'pg';
+import type { Logger } from '../util/log';
+import { isoMicros, nowMicros } from '../util/time';
+import { MUTABLE_COLUMNS, POSTGRES_MIGRATIONS, mutableValues, rowFromDb, rowFromInput } from './schema';
+import { StoreUnavailableError, type InstanceInput, type InstanceRow, type InstanceStore } from './types';
+
+export interface PostgresStoreOptions {
+  readonly url: string;
+  readonly poolSize: number;
+  /** How long to wait for a pooled connection. */
+  readonly busyTimeoutMs: number;
+  readonly logger: Logger;
+  readonly applicationName?: string;
+}
+
+/** An arbitrary constant: the advisory lock migrations hold. */
+const MIGRATION_LOCK = 775_302_114;
+
+const UNAVAILABLE_CODES = /^(08|53|57P0|58|40001$|40P01$|E[A-Z]+$)/;
+const UNAVAILABLE_MESSAGES =
+  /Connection terminated|timeout exceeded when trying to connect|connection error|Connection ended|Query read timeout|ECONNREFUSED|ECONNRESET|the database system is/i;
+
+function classify(error: unknown): unknown {
+  if (error instanceof StoreUnavailableError) return error;
+  const code = (error as { code?: unknown }).code;
+  const message = error instanceof Error ? error.message : String(error);
+  if ((typeof code === 'string' && UNAVAILABLE_CODES.test(code)) || UNAVAILABLE_MESSAGES.test(message)) {
+    return new StoreUnavailableError(`PostgreSQL: ${message}`, { cause: error });
+  }
+  return error;
+}
+
+type Raw = Record<string, string | number | null | Record<string, unknown>>;
+
+const ASSIGNMENTS = MUTABLE_COLUMNS.map(
+  (column, index) => `${column} = $${index + 1}${column === 'attrs' ? '::jsonb' : ''}`,
+).join(', ');
+const UPDATE_SQL = `UPDATE instances SET ${ASSIGNMENTS}, version = version + 1
+  WHERE uuid = $${MUTABLE_COLUMNS.length + 1} AND version = $${MUTABLE_COLUMNS.length + 2}`;
+const INSERT_COLUMNS = ['uuid', ...MUTABLE_COLUMNS, 'created_at', 'version'];
+const UPSERT_SQL = `INSERT INTO instances (${INSERT_COLUMNS.join(', ')})
+  VALUES (${INSERT_COLUMNS.map((column, index) => `$${index + 1}${column === 'attrs' ? '::jsonb' : ''}`).join(', ')})
+  ON CONFLICT (uuid) DO UPDATE SET host = excluded.host, vm_state = excluded.vm_state,
+    task_state = excluded.task_state, power_state = excluded.power_state,
+    launched_at = excluded.launched_at, attrs = excluded.attrs, updated_at = excluded.updated_at,
+    pending_command_id = NULL, pending_action = NULL, command_deadline_ms = NULL,
+    version = instances.version + 1
+  RETURNING (xmax = 0) AS inserted`;
+
+export class PostgresStore implements InstanceStore {
+  readonly kind = 'postgres' as const;
+  readonly #pool: Pool;
+  #closed: Promise<void> | undefined;
+
+  constructor(options: PostgresStoreOptions) {
+    this.#pool = new Pool({
+      connectionString: options.url,
+      max: options.poolSize,
+      connectionTimeoutMillis: options.busyTimeoutMs,
+      idleTimeoutMillis: 30_000,
+      query_timeout: 30_000,
+      application_name: options.applicationName ?? 'virtbus',
+    });
+    // An idle client losing its server must not crash the process; the next query reports it.
+    this.#pool.on('error', (error) =>
+      options.logger.warn({ err: error }, 'PostgreSQL connection lost (idle client)'),
+    );
+  }
+
+  async migrate(): Promise<void> {
+    const client = await this.#connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+      await client.query(
+        'CREATE TABLE IF NOT EXISTS virtbus_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)',
+      );
+      const result = await client.query<{ version: number | null }>(
+        'SELECT MAX(version) AS version FROM virtbus_migrations',
+      );
+      const current = result.rows[0]?.version ?? 0;
+      for (const migration of POSTGRES_MIGRATIONS) {
+        if (migration.version <= current) continue;
+        await client.query(migration.sql);
+        await client.query('INSERT INTO virtbus_migrations (version, name, applied_at) VALUES ($1, $2, $3)', [
+          migration.version,
+          migration.name,
+          isoMicros(nowMicros()),
+        ]);
+      }
+      await client.query('COMMIT');
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw classify(error);
+    } finally {
+      client.release();
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.#query('virtbus_ping', 'SELECT 1', []);
+  }
+
+  async get(uuid: string): Promise<InstanceRow | undefined> {
+    const rows = await this.#query('virtbus_get', 'SELECT * FROM instances WHERE uuid = $1', [uuid]);
+    return rows[0] ? rowFromDb(rows[0]) : undefined;
+  }
+
+  async list(filter: { readonly host?: string } = {}): Promise<InstanceRow[]> {
+    const rows =
+      filter.host === undefined
+        ? await this.#query('virtbus_list', 'SELECT * FROM instances ORDER BY uuid', [])
+        : await this.#query('virtbus_list_host', 'SELECT * FROM instances WHERE host = $1 ORDER BY uuid', [
+            filter.host,
+          ]);
+    return rows.map(rowFromDb);
+  }
+
+  async expiredCommands(nowMs: number): Promise<InstanceRow[]> {
+    const rows = await this.#query(
+      'virtbus_expired',
+      'SELECT * FROM instances WHERE pending_command_id IS NOT NULL AND command_deadline_ms < $1 ORDER BY uuid',
+      [nowMs],
+    );
+    return rows.map(rowFromDb);
+  }
+
+  async update(next: InstanceRow): Promise<boolean> {
+    try {
+      const result = await this.#pool.query({
+        name: 'virtbus_update',
+        text: UPDATE_SQL,
+        values: [...mutableValues(next), next.uuid, next.version],
+      });
+      return result.rowCount === 1;
+    } catch (error) {
+      throw classify(error);
+    }
+  }
+
+  async upsert(rows: readonly InstanceInput[]): Promise<{ inserted: number; updated: number }> {
+    const client = await this.#connect();
+    let inserted = 0;
+    let updated = 0;
+    try {
+      await client.query('BEGIN');
+      const now = isoMicros(nowMicros());
+      for (const input of rows) {
+        const row = rowFromInput(input, now);
+        const result = await client.query<{ inserted: boolean }>({
+          name: 'virtbus_upsert',
+          text: UPSERT_SQL,
+          values: [row.uuid, ...mutableValues(row), row.created_at, row.version],
+        });
+        if (result.rows[0]?.inserted) inserted += 1;
+        else updated += 1;
+      }
+      await client.query('COMMIT');
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw classify(error);
+    } finally {
+      client.release();
+    }
+    return { inserted, updated };
+  }
+
+  close(): Promise<void> {
+    this.#closed ??= this.#pool.end().catch(() => undefined);
+    return this.#closed;
+  }
+
+  async #connect(): Promise<PoolClient> {
+    try {
+      return await this.#pool.connect();
+    } catch (error) {
+      throw classify(error);
+    }
+  }
+
+  async #query(name: string, text: string, values: unknown[]): Promise<Raw[]> {
+    try {
+      const result = await this.#pool.query<Raw>({ name, text, values });
+      return result.rows;
+    } catch (error) {
+      throw classify(error);
+    }
+  }
+}

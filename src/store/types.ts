@@ -1,0 +1,106 @@
+/**
+ * The consumer's instance store: one row per Nova instance with the columns Nova's power-state sync
+ * reads and writes, plus what virtbus needs to reject stale or duplicate events (the position of
+ * the last applied event) and to track stop commands. Two implementations: SQLite (embedded,
+ * default) and PostgreSQL (shared by several consumers). Every write is a compare-and-swap on
+ * `version`, so concurrent consumers can never overwrite each other's decisions.
+ */
+
+/** Nova's vm_state strings (nova/objects/fields.py InstanceState). */
+export const VM_STATES = [
+  'active',
+  'building',
+  'paused',
+  'suspended',
+  'stopped',
+  'rescued',
+  'resized',
+  'soft-delete',
+  'deleted',
+  'error',
+  'shelved',
+  'shelved_offloaded',
+] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+/** Nova's power_state codes that may be stored (nova/compute/power_state.py). */
+export const POWER_STATE_CODES = [0, 1, 3, 4, 6, 7] as const;
+
+export function isPowerStateCode(value: unknown): value is (typeof POWER_STATE_CODES)[number] {
+  return typeof value === 'number' && (POWER_STATE_CODES as readonly number[]).includes(value);
+}
+
+export interface InstanceRow {
+  readonly uuid: string;
+  /** The compute host owning the instance (Nova's instance.host); null before scheduling. */
+  readonly host: string | null;
+  readonly vm_state: string;
+  readonly task_state: string | null;
+  readonly power_state: number;
+  /** ISO-8601 UTC or null (never launched: Nova's stop API refuses such instances). */
+  readonly launched_at: string | null;
+  readonly created_at: string;
+  /** Last change of a state column (ISO-8601 UTC with microseconds). */
+  readonly updated_at: string;
+  /** occurred_at (epoch µs) of the last lifecycle message applied to this row. */
+  readonly event_at_us: number | null;
+  readonly event_boot_id: string | null;
+  readonly event_seq: number | null;
+  /** The stop command in flight (task_state powering-off), its action and deadline (epoch ms). */
+  readonly pending_command_id: string | null;
+  readonly pending_action: string | null;
+  readonly command_deadline_ms: number | null;
+  /** What the consumer last did or, in observe mode, would have done (stop, would_force_stop, …). */
+  readonly last_action: string | null;
+  readonly last_action_at: string | null;
+  /** Why the last stop command did not complete (failed/refused/expired/skipped/timeout). */
+  readonly last_error: string | null;
+  /** Other instance fields (display_name, user_id, tenant_id, flavor, …) carried into notifications. */
+  readonly attrs: Readonly<Record<string, unknown>>;
+  /** Compare-and-swap counter: bumped by every write. */
+  readonly version: number;
+}
+
+/** What `virtbus instances import` and tests insert or replace. */
+export interface InstanceInput {
+  readonly uuid: string;
+  readonly host: string | null;
+  readonly vm_state: string;
+  readonly task_state: string | null;
+  readonly power_state: number;
+  readonly launched_at: string | null;
+  readonly attrs?: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * A store failure that says nothing about the message being processed: the database is down,
+ * locked or overloaded. The consumer pauses and retries instead of dead-lettering.
+ */
+export class StoreUnavailableError extends Error {
+  override readonly name = 'StoreUnavailableError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+export interface InstanceStore {
+  readonly kind: 'sqlite' | 'postgres';
+  /** Creates or upgrades the schema (idempotent; safe when several consumers start at once). */
+  migrate(): Promise<void>;
+  /** Resolves when the database answers a trivial query. */
+  ping(): Promise<void>;
+  get(uuid: string): Promise<InstanceRow | undefined>;
+  /** Every row, or those of one host, ordered by uuid. */
+  list(filter?: { readonly host?: string }): Promise<InstanceRow[]>;
+  /**
+   * Compare-and-swap: writes every mutable column of `next` if the row's version is still
+   * `next.version`, and bumps the version. Resolves true once committed, false if the row changed
+   * (or vanished) meanwhile — the caller re-reads and decides again.
+   */
+  update(next: InstanceRow): Promise<boolean>;
+  /** Inserts or replaces rows (import); event positions of existing rows are kept. */
+  upsert(rows: readonly InstanceInput[]): Promise<{ inserted: number; updated: number }>;
+  /** Rows whose stop command passed its deadline without a result. */
+  expiredCommands(nowMs: number): Promise<InstanceRow[]>;
+  close(): Promise<void>;
+}
