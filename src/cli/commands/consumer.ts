@@ -4,13 +4,14 @@
  */
 import { hostname } from 'node:os';
 import { AmqpConnection, amqpOptionsFromConfig } from '../../amqp/connection';
-import { loadConfig } from '../../config/load';
+import { loadConfig, redactedConfig } from '../../config/load';
 import { createConsumerMetrics } from '../../consumer/metrics';
 import { ConsumerService } from '../../consumer/service';
 import { startMetricsServer, type MetricsServer } from '../../metrics/server';
 import { openStore } from '../../store/open';
 import type { InstanceStore } from '../../store/types';
 import { createLogger } from '../../util/log';
+import { runUntilSignal } from '../signals';
 import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
 
 const HELP = `Usage: virtbus consumer [config flags]
@@ -40,27 +41,6 @@ metrics.host:metrics.port (default 127.0.0.1:9479).
 Exit codes: 0 clean stop, 2 bad configuration or usage, 1 other fatal errors.
 `;
 
-/** Resolves with the first SIGTERM/SIGINT; a second one exits at once. */
-function nextSignal(onSecond: () => void): { promise: Promise<NodeJS.Signals>; dispose(): void } {
-  let resolveSignal: (signal: NodeJS.Signals) => void = () => undefined;
-  const promise = new Promise<NodeJS.Signals>((resolve) => (resolveSignal = resolve));
-  let count = 0;
-  const handler = (signal: NodeJS.Signals): void => {
-    count += 1;
-    if (count > 1) onSecond();
-    else resolveSignal(signal);
-  };
-  process.on('SIGTERM', handler);
-  process.on('SIGINT', handler);
-  return {
-    promise,
-    dispose: () => {
-      process.off('SIGTERM', handler);
-      process.off('SIGINT', handler);
-    },
-  };
-}
-
 export async function run(argv: readonly string[]): Promise<number> {
   const args = parseArgs(argv, {}, CONFIG_FLAGS);
   if (args.help) {
@@ -70,15 +50,11 @@ export async function run(argv: readonly string[]): Promise<number> {
   if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${args.positionals[0]}`);
   const config = loadConfig({ role: 'consumer', args: args.configArgs });
   const logger = createLogger(config.log.level, 'virtbus-consumer');
-  const signals = nextSignal(() => {
-    logger.warn('second signal: exiting without waiting');
-    process.exit(1);
-  });
+  logger.info({ config: redactedConfig(config) }, 'configuration');
   let store: InstanceStore;
   try {
     store = openStore(config.db, logger.child({ module: 'store' }), 'virtbus-consumer');
   } catch (error) {
-    signals.dispose();
     logger.fatal({ err: error }, 'cannot open the instance database');
     return 1;
   }
@@ -95,23 +71,29 @@ export async function run(argv: readonly string[]): Promise<number> {
   });
   let server: MetricsServer | undefined;
   try {
-    server = await startMetricsServer({
-      host: config.metrics.host,
-      port: config.metrics.port,
-      registry: metrics.registry,
-      readiness: service.readiness(),
-    });
-    logger.info(
-      { port: server.port, host: server.host, mode: config.consumer.mode, store: store.kind },
-      'consumer started; metrics listening',
+    return await runUntilSignal(
+      logger,
+      async () => {
+        server = await startMetricsServer({
+          host: config.metrics.host,
+          port: config.metrics.port,
+          registry: metrics.registry,
+          readiness: service.readiness(),
+        });
+        logger.info(
+          {
+            metrics: `http://${config.metrics.host}:${server.port}/metrics`,
+            mode: config.consumer.mode,
+            store: store.kind,
+          },
+          'consumer started',
+        );
+        service.start();
+      },
+      () => service.stop(),
     );
-    service.start();
-    const signal = await signals.promise;
-    logger.info({ signal }, 'shutting down');
-    await service.stop();
-    return 0;
   } finally {
-    signals.dispose();
+    await service.stop();
     await store.close();
     await server?.close();
     logger.info('consumer stopped');
