@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(libvirt-dev libvirt-daemon libvirt-clients pkg-config rabbitmq-server postgresql prometheus openssl
+PACKAGES=(libvirt-dev libvirt-daemon libvirt-clients pkg-config rabbitmq-server postgresql prometheus openssl systemd
   util-linux make g++ python3)
 
 missing=()
