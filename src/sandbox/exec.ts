@@ -3,7 +3,7 @@
  * the tests, benchmarks and `virtbus demo` start and own.
  */
 import { spawn, type SpawnOptions } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface RunResult {
@@ -114,4 +114,16 @@ export function killOnExit(pid: number): void {
 
 export function forgetOnExit(pid: number): void {
   orphans.delete(pid);
+}
+
+/** True when something accepts TCP connections on 127.0.0.1:port. */
+export function portOpen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
 }

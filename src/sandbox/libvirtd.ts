@@ -5,15 +5,38 @@
  * directories, because a second root libvirtd would otherwise fight over /run/libvirt pid files.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, closeSync, existsSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  closeSync,
+  existsSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
-import { forgetOnExit, killOnExit, processAlive, requireRoot, runChecked, waitUntil } from './exec';
+import {
+  forgetOnExit,
+  freePort,
+  killOnExit,
+  portOpen,
+  processAlive,
+  requireRoot,
+  runChecked,
+  waitUntil,
+} from './exec';
+import { createTestCertificates, type TestCertificates } from './certificates';
 
 export interface LibvirtdSandbox {
   /** `test+unix:///default?socket=…` for read-write clients. */
   readonly uri: string;
+  /** With `tls: true`: `test+tls://localhost:<port>/default?pkipath=…` (client certificate included). */
+  readonly tlsUri: string | undefined;
+  /** With `tls: true`: the generated CA and certificates. */
+  readonly certificates: TestCertificates | undefined;
   readonly readOnlyUri: string;
   readonly dir: string;
   readonly pid: number | undefined;
@@ -51,7 +74,7 @@ async function ensureQemuUser(): Promise<void> {
   }
 }
 
-export async function startLibvirtd(options: { dir?: string } = {}): Promise<LibvirtdSandbox> {
+export async function startLibvirtd(options: { dir?: string; tls?: boolean } = {}): Promise<LibvirtdSandbox> {
   requireRoot('the private libvirtd');
   if (!existsSync('/usr/sbin/libvirtd')) {
     throw new Error(
@@ -64,6 +87,16 @@ export async function startLibvirtd(options: { dir?: string } = {}): Promise<Lib
   mkdirSync(dir, { recursive: true });
   const socket = join(dir, 'libvirt-sock');
   const conf = join(dir, 'libvirtd.conf');
+  const tlsPort = options.tls ? await freePort() : undefined;
+  const certificates = options.tls ? await createTestCertificates(join(dir, 'tls')) : undefined;
+  const pkiPath = join(dir, 'client-pki');
+  if (certificates) {
+    // libvirt's client looks for these names under ?pkipath=.
+    mkdirSync(pkiPath, { recursive: true });
+    copyFileSync(certificates.caFile, join(pkiPath, 'cacert.pem'));
+    copyFileSync(certificates.clientCertFile, join(pkiPath, 'clientcert.pem'));
+    copyFileSync(certificates.clientKeyFile, join(pkiPath, 'clientkey.pem'));
+  }
   writeFileSync(
     conf,
     [
@@ -71,6 +104,18 @@ export async function startLibvirtd(options: { dir?: string } = {}): Promise<Lib
       'auth_unix_rw = "none"',
       'auth_unix_ro = "none"',
       'log_outputs = "3:stderr"',
+      ...(certificates && tlsPort !== undefined
+        ? [
+            'listen_tls = 1',
+            'listen_tcp = 0',
+            `tls_port = "${tlsPort}"`,
+            'listen_addr = "127.0.0.1"',
+            `key_file = "${certificates.serverKeyFile}"`,
+            `cert_file = "${certificates.serverCertFile}"`,
+            `ca_file = "${certificates.caFile}"`,
+            'auth_tls = "none"',
+          ]
+        : []),
       '',
     ].join('\n'),
   );
@@ -89,7 +134,7 @@ export async function startLibvirtd(options: { dir?: string } = {}): Promise<Lib
         'private',
         'sh',
         '-c',
-        `${mounts} && exec libvirtd -f "${conf}" -p "${join(dir, 'pid')}"`,
+        `${mounts} && exec libvirtd ${tlsPort === undefined ? '' : '--listen '}-f "${conf}" -p "${join(dir, 'pid')}"`,
       ],
       { stdio: ['ignore', log, log] },
     );
@@ -106,6 +151,8 @@ export async function startLibvirtd(options: { dir?: string } = {}): Promise<Lib
       },
       15000,
     );
+    if (tlsPort !== undefined)
+      await waitUntil(`libvirtd TLS port ${tlsPort}`, () => portOpen(tlsPort), 15000);
   };
 
   const waitExit = async (signal: NodeJS.Signals): Promise<void> => {
@@ -120,6 +167,8 @@ export async function startLibvirtd(options: { dir?: string } = {}): Promise<Lib
   const uri = `test+unix:///default?socket=${socket}`;
   return {
     uri,
+    tlsUri: tlsPort === undefined ? undefined : `test+tls://localhost:${tlsPort}/default?pkipath=${pkiPath}`,
+    certificates,
     readOnlyUri: `test+unix:///default?socket=${join(dir, 'libvirt-sock-ro')}`,
     dir,
     get pid() {

@@ -355,7 +355,7 @@ describe('virtbus bridge', () => {
       const model = await connect(lonely.url);
       const channel = await model.createChannel();
       let count = 0;
-      const deadline = Date.now() + 10000;
+      const deadline = Date.now() + 20000;
       while (count < 2 && Date.now() < deadline) {
         count = (await channel.checkQueue('virtbus.unroutable')).messageCount;
         await sleep(100);
