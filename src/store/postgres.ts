@@ -1,8 +1,12 @@
 /**
- * The shared store: PostgreSQL through a pg pool. Every statement autocommits; writes are
- * compare-and-swap updates on `version` (UPDATE … WHERE uuid = $ AND version = $), so several
- * consumers on one database never move a row on a stale read. Migrations run under an advisory lock,
- * so consumers starting together migrate once.
+ * The shared store: PostgreSQL through a pg pool. Writes are compare-and-swap updates on `version`
+ * (… WHERE uuid = $ AND version = $), so several consumers on one database never move a row on a
+ * stale read. Migrations run under an advisory lock, so consumers starting together migrate once.
+ *
+ * Batching: the reads and the writes issued within one turn of the event loop are coalesced into one
+ * statement each (SELECT … WHERE uuid = ANY($1); UPDATE … FROM unnest(…) … RETURNING uuid, one
+ * compare-and-swap per row), which cuts round trips and per-statement cost under load while every
+ * caller still sees its own row and its own CAS result. A batched UPDATE commits as one statement.
  */
 import { Pool, type PoolClient } from 'pg';
 import type { Logger } from '../util/log';
@@ -38,11 +42,42 @@ function classify(error: unknown): unknown {
 
 type Raw = Record<string, string | number | null | Record<string, unknown>>;
 
-const ASSIGNMENTS = MUTABLE_COLUMNS.map(
-  (column, index) => `${column} = $${index + 1}${column === 'attrs' ? '::jsonb' : ''}`,
-).join(', ');
-const UPDATE_SQL = `UPDATE instances SET ${ASSIGNMENTS}, version = version + 1
-  WHERE uuid = $${MUTABLE_COLUMNS.length + 1} AND version = $${MUTABLE_COLUMNS.length + 2}`;
+/** PostgreSQL array types of the mutable columns, for the batched unnest() update. */
+const ARRAY_TYPES: Record<(typeof MUTABLE_COLUMNS)[number], string> = {
+  host: 'text[]',
+  vm_state: 'text[]',
+  task_state: 'text[]',
+  power_state: 'int[]',
+  launched_at: 'text[]',
+  updated_at: 'text[]',
+  event_at_us: 'bigint[]',
+  event_boot_id: 'text[]',
+  event_seq: 'bigint[]',
+  pending_command_id: 'text[]',
+  pending_action: 'text[]',
+  command_deadline_ms: 'bigint[]',
+  last_action: 'text[]',
+  last_action_at: 'text[]',
+  last_error: 'text[]',
+  attrs: 'text[]',
+};
+const BATCH_UPDATE_SQL = `UPDATE instances AS i SET ${MUTABLE_COLUMNS.map(
+  (column) => `${column} = v.${column}${column === 'attrs' ? '::jsonb' : ''}`,
+).join(', ')}, version = i.version + 1
+  FROM unnest($1::text[], $2::bigint[], ${MUTABLE_COLUMNS.map((column, index) => `$${index + 3}::${ARRAY_TYPES[column]}`).join(', ')})
+    AS v(uuid, version, ${MUTABLE_COLUMNS.join(', ')})
+  WHERE i.uuid = v.uuid AND i.version = v.version
+  RETURNING i.uuid`;
+/** Rows per batched statement. */
+const MAX_BATCH = 500;
+
+interface Pending<T> {
+  resolve(value: T): void;
+  reject(error: unknown): void;
+}
+
+type PendingUpdate = { readonly row: InstanceRow } & Pending<boolean>;
+
 const INSERT_COLUMNS = ['uuid', ...MUTABLE_COLUMNS, 'created_at', 'version'];
 const UPSERT_SQL = `INSERT INTO instances (${INSERT_COLUMNS.join(', ')})
   VALUES (${INSERT_COLUMNS.map((column, index) => `$${index + 1}${column === 'attrs' ? '::jsonb' : ''}`).join(', ')})
@@ -57,6 +92,9 @@ export class PostgresStore implements InstanceStore {
   readonly kind = 'postgres' as const;
   readonly #pool: Pool;
   #closed: Promise<void> | undefined;
+  #gets = new Map<string, Array<Pending<InstanceRow | undefined>>>();
+  #updates: PendingUpdate[] = [];
+  #flushScheduled = false;
 
   constructor(options: PostgresStoreOptions) {
     this.#pool = new Pool({
@@ -107,9 +145,13 @@ export class PostgresStore implements InstanceStore {
     await this.#query('virtbus_ping', 'SELECT 1', []);
   }
 
-  async get(uuid: string): Promise<InstanceRow | undefined> {
-    const rows = await this.#query('virtbus_get', 'SELECT * FROM instances WHERE uuid = $1', [uuid]);
-    return rows[0] ? rowFromDb(rows[0]) : undefined;
+  get(uuid: string): Promise<InstanceRow | undefined> {
+    return new Promise((resolve, reject) => {
+      const waiting = this.#gets.get(uuid);
+      if (waiting) waiting.push({ resolve, reject });
+      else this.#gets.set(uuid, [{ resolve, reject }]);
+      this.#scheduleFlush();
+    });
   }
 
   async list(filter: { readonly host?: string } = {}): Promise<InstanceRow[]> {
@@ -131,17 +173,73 @@ export class PostgresStore implements InstanceStore {
     return rows.map(rowFromDb);
   }
 
-  async update(next: InstanceRow): Promise<boolean> {
-    try {
-      const result = await this.#pool.query({
-        name: 'virtbus_update',
-        text: UPDATE_SQL,
-        values: [...mutableValues(next), next.uuid, next.version],
-      });
-      return result.rowCount === 1;
-    } catch (error) {
-      throw classify(error);
+  update(next: InstanceRow): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      this.#updates.push({ row: next, resolve, reject });
+      this.#scheduleFlush();
+    });
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      this.#flushGets();
+      this.#flushUpdates();
+    });
+  }
+
+  #flushGets(): void {
+    if (this.#gets.size === 0) return;
+    const all = [...this.#gets];
+    this.#gets = new Map();
+    for (let start = 0; start < all.length; start += MAX_BATCH) {
+      const batch = all.slice(start, start + MAX_BATCH);
+      const uuids = batch.map(([uuid]) => uuid);
+      this.#query('virtbus_get_many', 'SELECT * FROM instances WHERE uuid = ANY($1::text[])', [uuids]).then(
+        (rows) => {
+          const found = new Map(rows.map((raw) => [String(raw.uuid as string), raw]));
+          for (const [uuid, waiters] of batch) {
+            const raw = found.get(uuid);
+            for (const waiter of waiters) waiter.resolve(raw ? rowFromDb(raw) : undefined);
+          }
+        },
+        (error: unknown) => {
+          for (const [, waiters] of batch) for (const waiter of waiters) waiter.reject(error);
+        },
+      );
     }
+  }
+
+  #flushUpdates(): void {
+    if (this.#updates.length === 0) return;
+    // One compare-and-swap per row and statement: a second update of the same row waits a turn.
+    const seen = new Set<string>();
+    const now: PendingUpdate[] = [];
+    const later: PendingUpdate[] = [];
+    for (const update of this.#updates) {
+      if (seen.has(update.row.uuid) || now.length >= MAX_BATCH) later.push(update);
+      else {
+        seen.add(update.row.uuid);
+        now.push(update);
+      }
+    }
+    this.#updates = later;
+    if (later.length > 0) this.#scheduleFlush();
+    const rowValues = now.map(({ row }) => mutableValues(row));
+    const columns = MUTABLE_COLUMNS.map((_, index) => rowValues.map((values) => values[index] ?? null));
+    const values = [now.map(({ row }) => row.uuid), now.map(({ row }) => row.version), ...columns];
+    this.#pool.query<{ uuid: string }>({ name: 'virtbus_update_many', text: BATCH_UPDATE_SQL, values }).then(
+      (result) => {
+        const updated = new Set(result.rows.map((raw) => raw.uuid));
+        for (const update of now) update.resolve(updated.has(update.row.uuid));
+      },
+      (error: unknown) => {
+        const failure = classify(error);
+        for (const update of now) update.reject(failure);
+      },
+    );
   }
 
   async upsert(rows: readonly InstanceInput[]): Promise<{ inserted: number; updated: number }> {

@@ -65,6 +65,7 @@ export interface RunningConsumer {
   readonly service: ConsumerService;
   readonly store: InstanceStore;
   readonly metrics: ConsumerMetrics;
+  readonly amqp: AmqpConnection;
   /** Every processed message, in order. */
   readonly processed: ProcessedInfo[];
   /** Resolves when the message with this id has been acknowledged. */
@@ -121,6 +122,7 @@ export async function startConsumer(options: {
     service,
     store,
     metrics,
+    amqp,
     processed,
     stop,
     waitProcessed: (messageId, timeoutMs = 15000) => {
