@@ -298,6 +298,44 @@ export const schema = {
       default: 10000,
       env: 'VIRTBUS_SHUTDOWN_TIMEOUT_MS',
     },
+    outbox: {
+      kind: {
+        doc: 'Where dispatched messages wait for broker confirms: journal (on disk in bridge.outbox.dir, survives broker outages, bridge crashes and restarts) or memory (lost when the bridge stops).',
+        format: ['journal', 'memory'],
+        default: 'journal',
+        env: 'VIRTBUS_OUTBOX_KIND',
+      },
+      dir: {
+        doc: 'Directory of the durable outbox journal, created if missing; relative to the working directory. One bridge per directory (a lock file enforces it); use a local file system.',
+        format: String,
+        default: './data/outbox',
+        env: 'VIRTBUS_OUTBOX_DIR',
+      },
+      maxBytes: {
+        doc: 'Most disk space the journal segments may take. When full, intake waits for broker confirms (events back up in the native queue); nothing is dropped.',
+        format: 'positive-int',
+        default: 2 * 1024 ** 3,
+        env: 'VIRTBUS_OUTBOX_MAX_BYTES',
+      },
+      segmentBytes: {
+        doc: 'Size at which a journal segment file is sealed and the next begun; a segment is deleted once all its messages are confirmed. Capped at maxBytes/4.',
+        format: 'positive-int',
+        default: 64 * 1024 ** 2,
+        env: 'VIRTBUS_OUTBOX_SEGMENT_BYTES',
+      },
+      fsyncIntervalMs: {
+        doc: 'Least time between two journal commits (one write and one fdatasync, shared by all appends waiting). Larger: fewer fsyncs, more latency under load. 0: commit as soon as the previous commit ends.',
+        format: 'nat',
+        default: 5,
+        env: 'VIRTBUS_OUTBOX_FSYNC_INTERVAL_MS',
+      },
+      memoryCapacity: {
+        doc: 'Most messages the memory outbox (bridge.outbox.kind = memory) holds before intake waits for confirms.',
+        format: 'positive-int',
+        default: 100000,
+        env: 'VIRTBUS_OUTBOX_MEMORY_CAPACITY',
+      },
+    },
     commands: {
       enabled: {
         doc: 'Execute stop/force_stop commands sent by the consumer to this host.',
