@@ -21,6 +21,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'print bus events live, one line each (--bind PATTERN, --json)',
     load: () => import('./commands/tail.js'),
   },
+  demo: {
+    summary: 'the whole pipeline on a private sandbox (libvirtd, RabbitMQ, bridge, consumer)',
+    load: () => import('./commands/demo.js'),
+  },
   config: {
     summary: 'validate and print the effective configuration, secrets redacted',
     load: () => import('./commands/config.js'),

@@ -3,3 +3,4 @@ export { startRabbitMQ, type RabbitSandbox, type RabbitSandboxOptions } from './
 export { startPostgres, type PostgresSandbox } from './postgres';
 export { createTestCertificates, type TestCertificates } from './certificates';
 export { freePort, waitUntil } from './exec';
+export { startVirtbus, metricValue, scrape, VIRTBUS_BIN, type ServiceProcess } from './virtbus-process';

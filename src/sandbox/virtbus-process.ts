@@ -1,13 +1,17 @@
 /**
- * Runs `virtbus bridge` (the real executable) as a child process for tests, with its JSON log
- * captured and its metrics port discovered from the log.
+ * Runs a `virtbus` service (the real executable) as a child process — for tests, benchmarks and the
+ * demo — with its JSON log captured and its metrics address discovered from the log.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-export const VIRTBUS_BIN = join(__dirname, '..', '..', '..', 'bin', 'virtbus');
+/** bin/virtbus, from src/sandbox or dist/src/sandbox. */
+export const VIRTBUS_BIN = existsSync(join(__dirname, '..', '..', 'bin', 'virtbus'))
+  ? join(__dirname, '..', '..', 'bin', 'virtbus')
+  : join(__dirname, '..', '..', '..', 'bin', 'virtbus');
 
 export interface ServiceProcess {
   readonly child: ChildProcess;

@@ -1,0 +1,398 @@
+/**
+ * `virtbus demo`: the whole pipeline on a private sandbox. Starts a private libvirtd (test driver)
+ * and RabbitMQ node, the bridge and the consumer on SQLite, imports three instances, and plays a short
+ * story — boot, pause, resume, reboot, a guest destroyed behind the system's back, a domain started
+ * while its row says stopped — showing each message as it crosses the bus and the instance table
+ * converging, with the action Nova would take. Everything it started is removed at the end or on Ctrl-C.
+ */
+import { connect, type ChannelModel } from 'amqplib';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import {
+  metricValue,
+  scrape,
+  startLibvirtd,
+  startRabbitMQ,
+  startVirtbus,
+  VIRTBUS_BIN,
+  type LibvirtdSandbox,
+  type RabbitSandbox,
+  type ServiceProcess,
+} from '../sandbox';
+import { formatLine } from '../cli/commands/tail';
+import { loadNativeBinding } from '../native/binding';
+import type { NativeConnection } from '../native/contract';
+import type { LifecycleMessage } from '../messages/lifecycle';
+import type { CommandResult, StopCommand } from '../messages/command';
+
+const run = promisify(execFile);
+const HOST = 'demo-host';
+
+interface Instance {
+  readonly name: string;
+  readonly uuid: string;
+  readonly display: string;
+}
+
+const INSTANCES: readonly Instance[] = [
+  { name: 'instance-00000001', uuid: '11111111-1111-4111-8111-111111111111', display: 'web-1' },
+  { name: 'instance-00000002', uuid: '22222222-2222-4222-8222-222222222222', display: 'db-1' },
+  { name: 'instance-00000003', uuid: '33333333-3333-4333-8333-333333333333', display: 'batch-1' },
+];
+
+interface Row {
+  uuid: string;
+  vm_state: string;
+  task_state: string | null;
+  power_state: number;
+  last_action: string | null;
+}
+
+export interface DemoOptions {
+  readonly keep: boolean;
+  readonly stopDelayMs: number;
+  readonly colour: boolean;
+  readonly out: (line: string) => void;
+}
+
+const POWER = ['pending', 'running', '?', 'paused', 'shutdown', '?', 'crashed', 'suspended'];
+
+export class Demo {
+  #libvirtd: LibvirtdSandbox | undefined;
+  #rabbit: RabbitSandbox | undefined;
+  #bridge: ServiceProcess | undefined;
+  #consumer: ServiceProcess | undefined;
+  #listener: ChannelModel | undefined;
+  /**
+   * The test driver keeps the shared `default` state only while a client is connected: this
+   * connection holds it for the whole demo (before the bridge connects, and across its restarts).
+   */
+  #keeper: NativeConnection | undefined;
+  #dir = mkdtempSync(join(tmpdir(), 'virtbus-demo-'));
+  #cleaned = false;
+
+  constructor(private readonly options: DemoOptions) {}
+
+  #say(text: string): void {
+    this.options.out(text);
+  }
+
+  #heading(text: string): void {
+    const bold = (t: string): string => (this.options.colour ? `\u001b[1m${t}\u001b[0m` : t);
+    this.#say('');
+    this.#say(bold(`── ${text} ${'─'.repeat(Math.max(0, 92 - text.length))}`));
+  }
+
+  #env(): NodeJS.ProcessEnv {
+    return {
+      VIRTBUS_HOST: HOST,
+      VIRTBUS_AMQP_URL: this.#rabbit?.url ?? '',
+      VIRTBUS_LIBVIRT_URI: this.#libvirtd?.uri ?? '',
+      VIRTBUS_DB_URL: `sqlite:${join(this.#dir, 'virtbus.db')}`,
+      VIRTBUS_STOP_DELAY_MS: String(this.options.stopDelayMs),
+      VIRTBUS_LOG_LEVEL: 'info',
+      VIRTBUS_METRICS_PORT: '0',
+    };
+  }
+
+  async #virtbus(...args: string[]): Promise<string> {
+    const { stdout } = await run(process.execPath, [VIRTBUS_BIN, ...args], {
+      env: { ...process.env, ...this.#env() },
+    });
+    return stdout;
+  }
+
+  async #rows(): Promise<Map<string, Row>> {
+    const rows = JSON.parse(await this.#virtbus('instances', 'list', '--json')) as Row[];
+    return new Map(rows.map((row) => [row.uuid, row]));
+  }
+
+  async #table(): Promise<void> {
+    const rows = await this.#rows();
+    this.#say('   instance            name      vm_state  task_state    power_state  last action');
+    for (const instance of INSTANCES) {
+      const row = rows.get(instance.uuid);
+      if (!row) continue;
+      const power = `${row.power_state} ${POWER[row.power_state] ?? ''}`;
+      this.#say(
+        `   ${instance.name}  ${instance.display.padEnd(8)}  ${row.vm_state.padEnd(8)}  ${(row.task_state ?? '-').padEnd(12)}  ${power.padEnd(11)}  ${row.last_action ?? '-'}`,
+      );
+    }
+  }
+
+  /** Polls the instance table until `done` holds (or gives up after timeoutMs and says so). */
+  async #until(
+    what: string,
+    done: (rows: Map<string, Row>) => boolean,
+    timeoutMs = this.options.stopDelayMs + 20000,
+  ): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (done(await this.#rows())) return;
+      await sleep(200);
+    }
+    throw new Error(`the demo waited ${timeoutMs} ms for ${what}, which did not happen`);
+  }
+
+  async #virsh(...args: string[]): Promise<void> {
+    this.#say(`   $ virsh ${args.join(' ')}`);
+    await this.#libvirtd?.virsh(...args);
+  }
+
+  async #listen(): Promise<void> {
+    const model = await connect(this.#rabbit?.url ?? '');
+    this.#listener = model;
+    const channel = await model.createChannel();
+    const tap = async (
+      exchange: string,
+      pattern: string,
+      print: (key: string, body: unknown) => void,
+    ): Promise<void> => {
+      await channel.checkExchange(exchange);
+      const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
+      await channel.bindQueue(queue, exchange, pattern);
+      await channel.consume(
+        queue,
+        (message) => {
+          if (!message) return;
+          try {
+            print(message.fields.routingKey, JSON.parse(message.content.toString('utf8')));
+          } catch {
+            // not ours to judge: the demo only narrates
+          }
+        },
+        { noAck: true },
+      );
+    };
+    await tap('virtbus.lifecycle', '#', (_key, body) =>
+      this.#say(`   bus ▸ ${formatLine(body as LifecycleMessage, this.options.colour)}`),
+    );
+    await tap('virtbus.commands', '#', (key, body) => {
+      if (key.endsWith('.stop')) {
+        const command = body as StopCommand;
+        this.#say(
+          `   cmd ▸ ${key} ${command.action} ${command.instance_uuid.slice(0, 8)}… (${command.reason})`,
+        );
+      } else {
+        const result = body as CommandResult;
+        this.#say(
+          `   cmd ◂ ${key} ${result.outcome} via ${result.method}, power_state ${result.power_state}`,
+        );
+      }
+    });
+    await tap('nova', 'versioned_notifications.info', (_key, body) => {
+      try {
+        const inner = JSON.parse((body as Record<string, string>)['oslo.message'] ?? '{}') as {
+          event_type?: string;
+          payload?: { 'nova_object.data'?: Record<string, unknown> };
+        };
+        const data = inner.payload?.['nova_object.data'] ?? {};
+        const update =
+          (data.state_update as { 'nova_object.data'?: Record<string, unknown> } | undefined)?.[
+            'nova_object.data'
+          ] ?? {};
+        this.#say(
+          `   nova ▸ ${inner.event_type ?? '?'} ${String(data.display_name ?? data.uuid)}: vm_state ${String(update.old_state)}→${String(update.state)}, task ${String(update.old_task_state)}→${String(update.new_task_state)}, power ${String(data.power_state)}`,
+        );
+      } catch {
+        // ignore a notification we cannot read
+      }
+    });
+  }
+
+  async play(): Promise<void> {
+    const started = Date.now();
+    this.#heading('virtbus demo: libvirt lifecycle events → RabbitMQ → Nova-style power-state sync');
+    this.#say(
+      `   sandbox directory ${this.#dir}; the stop delay is ${this.options.stopDelayMs} ms here (Nova: 15 s)`,
+    );
+    this.#say('   starting a private libvirtd (test driver) and a private RabbitMQ node…');
+    [this.#libvirtd, this.#rabbit] = await Promise.all([
+      startLibvirtd(),
+      startRabbitMQ({ name: 'virtbus-demo' }),
+    ]);
+    this.#say(`   libvirtd ${this.#libvirtd.uri}`);
+    this.#say(
+      `   RabbitMQ amqp://127.0.0.1:${this.#rabbit.port}  (${Math.round((Date.now() - started) / 1000)} s)`,
+    );
+
+    this.#keeper = await loadNativeBinding().openConnection(this.#libvirtd.uri, {
+      readOnly: false,
+      keepaliveInterval: 0,
+      keepaliveCount: 1,
+    });
+    for (const instance of INSTANCES) {
+      const xml = `<domain type='test'><name>${instance.name}</name><uuid>${instance.uuid}</uuid><memory>65536</memory><os><type>hvm</type></os></domain>`;
+      const file = join(this.#dir, `${instance.name}.xml`);
+      writeFileSync(file, xml);
+      await this.#libvirtd.virsh('define', file);
+    }
+    await this.#libvirtd.virsh('start', INSTANCES[1]!.name);
+    const now = new Date().toISOString();
+    const rows = [
+      {
+        uuid: INSTANCES[0]!.uuid,
+        host: HOST,
+        vm_state: 'active',
+        task_state: null,
+        power_state: 0,
+        launched_at: now,
+        display_name: 'web-1',
+      },
+      {
+        uuid: INSTANCES[1]!.uuid,
+        host: HOST,
+        vm_state: 'active',
+        task_state: null,
+        power_state: 1,
+        launched_at: now,
+        display_name: 'db-1',
+      },
+      {
+        uuid: INSTANCES[2]!.uuid,
+        host: HOST,
+        vm_state: 'stopped',
+        task_state: null,
+        power_state: 4,
+        launched_at: now,
+        display_name: 'batch-1',
+      },
+    ];
+    const importFile = join(this.#dir, 'instances.json');
+    writeFileSync(importFile, JSON.stringify(rows, null, 2));
+    await this.#virtbus('instances', 'import', importFile);
+    this.#say('   defined three domains and imported their instance rows (virtbus instances import):');
+    await this.#table();
+
+    this.#heading('starting virtbus consumer (SQLite) and virtbus bridge');
+    this.#consumer = startVirtbus('consumer', this.#env());
+    this.#bridge = startVirtbus('bridge', this.#env());
+    const [consumerMetrics, bridgeMetrics] = await Promise.all([
+      this.#consumer.metricsUrl(),
+      this.#bridge.metricsUrl(),
+    ]);
+    await this.#bridge.waitForLog('the bridge to publish', (l) => l.msg === 'publishing channel open');
+    await this.#consumer.waitForLog(
+      'the consumer to consume',
+      (l) => typeof l.msg === 'string' && /consuming/i.test(l.msg),
+    );
+    await this.#listen();
+    this.#say(`   bridge   metrics ${bridgeMetrics}/metrics   consumer metrics ${consumerMetrics}/metrics`);
+    this.#say(
+      '   the bridge published a start snapshot (sync per domain + sync_end); the consumer applied it like',
+    );
+    this.#say(
+      "   Nova's periodic sync: db-1 is running, batch-1 shut off, web-1 shut off (its row says active: Nova",
+    );
+    this.#say('   would call stop — it is already off, so it ends stopped).');
+    await this.#until(
+      'the start snapshot to settle',
+      (r) =>
+        r.get(INSTANCES[0]!.uuid)?.task_state === null && r.get(INSTANCES[0]!.uuid)?.vm_state === 'stopped',
+    );
+    await this.#table();
+
+    this.#heading('1. boot: start web-1 (an operator starts it; its row is set active first, as Nova would)');
+    await this.#virtbus('instances', 'set', INSTANCES[0]!.uuid, 'vm_state=active', 'power_state=4');
+    await this.#virsh('start', INSTANCES[0]!.name);
+    await this.#until('web-1 running', (r) => r.get(INSTANCES[0]!.uuid)?.power_state === 1);
+    await sleep(300);
+    await this.#table();
+
+    this.#heading(
+      '2. pause and resume db-1 (Nova: "paused unexpectedly. Ignore." — only power_state follows)',
+    );
+    await this.#virsh('suspend', INSTANCES[1]!.name);
+    await this.#until('db-1 paused', (r) => r.get(INSTANCES[1]!.uuid)?.power_state === 3);
+    await this.#table();
+    await this.#virsh('resume', INSTANCES[1]!.name);
+    await this.#until('db-1 running', (r) => r.get(INSTANCES[1]!.uuid)?.power_state === 1);
+    await this.#table();
+
+    this.#heading(
+      `3. reboot web-1: destroy + start within the ${this.options.stopDelayMs} ms stop delay changes nothing`,
+    );
+    await this.#virsh('destroy', INSTANCES[0]!.name);
+    await this.#virsh('start', INSTANCES[0]!.name);
+    this.#say('   (the held STOPPED is cancelled by STARTED: no `stopped` crosses the bus)');
+    await sleep(this.options.stopDelayMs + 1000);
+    await this.#until(
+      'web-1 still active and running',
+      (r) => r.get(INSTANCES[0]!.uuid)?.vm_state === 'active' && r.get(INSTANCES[0]!.uuid)?.power_state === 1,
+    );
+    await this.#table();
+
+    this.#heading("4. db-1 is destroyed behind the system's back while its row says active");
+    await this.#virsh('destroy', INSTANCES[1]!.name);
+    this.#say(
+      `   after the stop delay: stopped → power_state 4 → Nova calls stop → the bridge finds it off → vm_state stopped`,
+    );
+    await this.#until(
+      'db-1 stopped',
+      (r) =>
+        r.get(INSTANCES[1]!.uuid)?.vm_state === 'stopped' && r.get(INSTANCES[1]!.uuid)?.task_state === null,
+    );
+    await this.#table();
+
+    this.#heading('5. batch-1 is started while its row says stopped');
+    await this.#virsh('start', INSTANCES[2]!.name);
+    this.#say(
+      '   Nova: "Instance is not stopped. Calling the stop API." → force_stop → the bridge shuts it down',
+    );
+    await this.#until(
+      'batch-1 forced off',
+      (r) =>
+        r.get(INSTANCES[2]!.uuid)?.power_state === 4 &&
+        r.get(INSTANCES[2]!.uuid)?.task_state === null &&
+        r.get(INSTANCES[2]!.uuid)?.last_action !== null,
+    );
+    const state = (await this.#libvirtd.virsh('domstate', INSTANCES[2]!.name)).trim();
+    await this.#table();
+    this.#say(`   $ virsh domstate ${INSTANCES[2]!.name}  →  ${state}`);
+
+    this.#heading('metrics (Prometheus text format; queue depth first)');
+    const bridgeText = await scrape(bridgeMetrics);
+    const consumerText = await scrape(consumerMetrics);
+    const show = (label: string, text: string, name: string, labels: Record<string, string> = {}): void =>
+      this.#say(
+        `   ${label} ${name}${Object.keys(labels).length ? JSON.stringify(labels) : ''} = ${metricValue(text, name, labels) ?? 0}`,
+      );
+    show('bridge  ', bridgeText, 'virtbus_native_queue_depth');
+    show('bridge  ', bridgeText, 'virtbus_native_queue_high_water');
+    show('bridge  ', bridgeText, 'virtbus_events_published_total', { transition: 'stopped' });
+    show('bridge  ', bridgeText, 'virtbus_delayed_stops_total', { outcome: 'cancelled' });
+    show('consumer', consumerText, 'virtbus_consumer_queue_depth');
+    show('consumer', consumerText, 'virtbus_sync_actions_total', { action: 'stop' });
+    show('consumer', consumerText, 'virtbus_sync_actions_total', { action: 'force_stop' });
+    this.#say(`   curl ${bridgeMetrics}/metrics    curl ${consumerMetrics}/metrics`);
+    this.#say(`   done in ${Math.round((Date.now() - started) / 1000)} s`);
+  }
+
+  /** Prints how to look around, then waits for Ctrl-C. */
+  async keep(signal: Promise<void>): Promise<void> {
+    this.#heading('--keep: everything stays up until Ctrl-C');
+    this.#say(
+      `   export VIRTBUS_AMQP_URL=${this.#rabbit?.url ?? ''} VIRTBUS_DB_URL=sqlite:${join(this.#dir, 'virtbus.db')}`,
+    );
+    this.#say(`   virsh -c '${this.#libvirtd?.uri ?? ''}' list --all`);
+    this.#say('   ./bin/virtbus tail        ./bin/virtbus instances list');
+    await signal;
+  }
+
+  async cleanup(): Promise<void> {
+    if (this.#cleaned) return;
+    this.#cleaned = true;
+    this.#say('');
+    this.#say('   cleaning up: stopping the bridge, the consumer, RabbitMQ and libvirtd…');
+    await this.#listener?.close().catch(() => undefined);
+    await this.#keeper?.close().catch(() => undefined);
+    await Promise.allSettled([this.#bridge?.stop(), this.#consumer?.stop()]);
+    await Promise.allSettled([this.#rabbit?.dispose(), this.#libvirtd?.dispose()]);
+    rmSync(this.#dir, { recursive: true, force: true });
+    this.#say('   removed everything the demo started.');
+  }
+}
