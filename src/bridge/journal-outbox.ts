@@ -68,6 +68,8 @@ const ACKS_COMPACT_BYTES = 1024 * 1024;
 const ACKS_FILE = 'acks.log';
 const READ_BUFFER_BYTES = 1024 * 1024;
 const MIN_SEGMENT_BYTES = 4096;
+/** Sealed segments are only read: at most this many keep an open descriptor (least recently read closed first). */
+const MAX_OPEN_SEALED = 8;
 const MAX_SEGMENT_BYTES = 1024 ** 3;
 
 export interface JournalOutboxOptions {
@@ -122,6 +124,7 @@ export interface JournalStats {
 interface Segment {
   readonly firstId: number;
   readonly path: string;
+  /** Open descriptor, or -1 (a sealed segment not read lately). */
   fd: number;
   /** Committed records (ids firstId … firstId + count - 1). */
   count: number;
@@ -202,6 +205,8 @@ export class JournalOutbox implements Outbox {
   #hintId = 0;
   #hintOffset = 0;
   #oldest: { id: number; micros: number } | undefined;
+  /** Sealed segments with an open descriptor, least recently used first. */
+  readonly #openSealed: Segment[] = [];
 
   #acksFd: number;
   #acksSize: number;
@@ -415,7 +420,8 @@ export class JournalOutbox implements Outbox {
       this.#logger?.error({ err: failure, dir: this.dir }, 'outbox: final confirmation checkpoint failed');
     }
     this.#closed = true;
-    for (const segment of this.#segments) closeQuietly(segment.fd);
+    for (const segment of this.#segments) if (segment.fd >= 0) closeQuietly(segment.fd);
+    this.#openSealed.length = 0;
     closeQuietly(this.#acksFd);
     closeQuietly(this.#dirFd);
     this.#readSegment = undefined;
@@ -591,6 +597,7 @@ export class JournalOutbox implements Outbox {
     }
     const previous = this.#segments[this.#segments.length - 1]!;
     previous.sealed = true;
+    this.#touchSealed(previous);
     const segment: Segment = {
       firstId,
       path,
@@ -660,7 +667,7 @@ export class JournalOutbox implements Outbox {
       this.#usedBytes -= head.size;
       if (this.#readSegment === head) this.#readSegment = undefined;
       if (this.#hintSegment === head) this.#hintSegment = undefined;
-      closeQuietly(head.fd);
+      this.#closeSegment(head);
       fs.unlink(head.path, (error) => {
         if (error)
           this.#logger?.warn({ err: error, path: head.path }, 'outbox: cannot delete a confirmed segment');
@@ -762,6 +769,34 @@ export class JournalOutbox implements Outbox {
     }
   }
 
+  /** The descriptor of a segment, opening a sealed one for reading if needed. */
+  #fdOf(segment: Segment): number {
+    if (segment.fd < 0) segment.fd = fs.openSync(segment.path, 'r');
+    if (segment.sealed) this.#touchSealed(segment);
+    return segment.fd;
+  }
+
+  /** Marks a sealed segment's descriptor as just used; closes the least recently used beyond the limit. */
+  #touchSealed(segment: Segment): void {
+    const open = this.#openSealed;
+    if (open[open.length - 1] === segment) return;
+    const at = open.indexOf(segment);
+    if (at >= 0) open.splice(at, 1);
+    open.push(segment);
+    while (open.length > MAX_OPEN_SEALED) {
+      const evicted = open.shift()!;
+      if (evicted.fd >= 0) closeQuietly(evicted.fd);
+      evicted.fd = -1;
+    }
+  }
+
+  #closeSegment(segment: Segment): void {
+    const at = this.#openSealed.indexOf(segment);
+    if (at >= 0) this.#openSealed.splice(at, 1);
+    if (segment.fd >= 0) closeQuietly(segment.fd);
+    segment.fd = -1;
+  }
+
   /** Index in #segments of the segment holding id, or of the first one after it; -1 past the end. */
   #segmentFor(id: number): number {
     const segments = this.#segments;
@@ -794,7 +829,7 @@ export class JournalOutbox implements Outbox {
     const length = Math.min(this.#readBuffer.length, segment.size - offset);
     let done = 0;
     while (done < length) {
-      const n = fs.readSync(segment.fd, this.#readBuffer, done, length - done, offset + done);
+      const n = fs.readSync(this.#fdOf(segment), this.#readBuffer, done, length - done, offset + done);
       if (n === 0) break;
       done += n;
     }
@@ -864,7 +899,7 @@ export class JournalOutbox implements Outbox {
     let { offset, at } = this.#locate(segment, id);
     for (; at <= id; at += 1) {
       const header = Buffer.allocUnsafe(32);
-      if (fs.readSync(segment.fd, header, 0, 32, offset) < 32) return undefined;
+      if (fs.readSync(this.#fdOf(segment), header, 0, 32, offset) < 32) return undefined;
       if (at === id) return recordMicrosAt(header, 0);
       offset += frameSizeAt(header, 0);
     }
@@ -1006,6 +1041,10 @@ export class JournalOutbox implements Outbox {
         changed = true;
         continue;
       }
+      if (!isLast) {
+        fs.closeSync(fd); // reopened on demand for reading
+        segment.fd = -1;
+      }
       segments.push(segment);
     }
 
@@ -1015,7 +1054,11 @@ export class JournalOutbox implements Outbox {
     const last = segments[segments.length - 1];
     if (last) nextId = Math.max(nextId, last.firstId + last.count);
     if (!last || last.firstId + last.count !== nextId) {
-      if (last) last.sealed = true;
+      if (last) {
+        last.sealed = true;
+        fs.closeSync(last.fd);
+        last.fd = -1;
+      }
       const path = join(this.dir, segmentName(nextId));
       const fd = fs.openSync(path, 'w+', 0o644);
       writeFullySync(fd, encodeSegmentHeader(nextId, Date.now()), 0);

@@ -58,6 +58,7 @@ function drain(outbox: JournalOutbox, chunk = 512): OutboxRecord[] {
   }
 }
 
+const openFds = (): number => readdirSync('/proc/self/fd').length;
 const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const mib = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
@@ -271,12 +272,22 @@ describe('JournalOutbox: durability', () => {
 
   it('rolls segments and deletes the ones fully confirmed', async () => {
     const dir = freshDir();
-    const outbox = await open(dir, { segmentBytes: 4096, maxBytes: 1024 * 1024 });
+    const fdsBefore = openFds();
+    let outbox = await open(dir, { segmentBytes: 4096, maxBytes: 1024 * 1024 });
     const big = (n: number): OutboxInput => ({ ...input(n), body: Buffer.alloc(200, n % 256) });
     for (let i = 0; i < 50; i += 1)
       await outbox.append(Array.from({ length: 10 }, (_, j) => big(i * 10 + j)));
     const files = segmentFiles(dir);
     assert.ok(files.length >= 20, `500 records of ~260 bytes in 4 KiB segments: ${files.length} files`);
+    // Sealed segments do not each keep a descriptor: at most 8 do, plus the active one, acks.log, the directory.
+    assert.ok(
+      openFds() - fdsBefore <= 11,
+      `${openFds() - fdsBefore} descriptors for ${files.length} segments`,
+    );
+    await outbox.close();
+    outbox = await open(dir, { segmentBytes: 4096, maxBytes: 1024 * 1024, cacheBytes: 0 });
+    assert.equal(drain(outbox, 7).length, 500);
+    assert.ok(openFds() - fdsBefore <= 11, 'reading every segment keeps the descriptors bounded');
     for (const file of files)
       assert.ok(statSync(join(dir, file)).size <= 4096, `${file} is within segmentBytes`);
     assert.equal(outbox.segmentCount, files.length);
