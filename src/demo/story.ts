@@ -269,17 +269,16 @@ export class Demo {
     await this.#table();
 
     this.#heading('starting virtbus consumer (SQLite) and virtbus bridge');
+    // The consumer first: its queue must be bound before the bridge's start snapshot is published
+    // (in production deploy/rabbitmq/definitions.json declares it up front).
     this.#consumer = startVirtbus('consumer', this.#env());
+    await this.#consumer.waitForLog('the consumer to consume', (l) => l.msg === 'consuming');
     this.#bridge = startVirtbus('bridge', this.#env());
     const [consumerMetrics, bridgeMetrics] = await Promise.all([
       this.#consumer.metricsUrl(),
       this.#bridge.metricsUrl(),
     ]);
     await this.#bridge.waitForLog('the bridge to publish', (l) => l.msg === 'publishing channel open');
-    await this.#consumer.waitForLog(
-      'the consumer to consume',
-      (l) => typeof l.msg === 'string' && /consuming/i.test(l.msg),
-    );
     await this.#listen();
     this.#say(`   bridge   metrics ${bridgeMetrics}/metrics   consumer metrics ${consumerMetrics}/metrics`);
     this.#say(
