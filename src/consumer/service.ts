@@ -282,6 +282,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       void this.#pause();
       this.#outage = this.#probe().finally(() => {
         this.#outage = undefined;
+        void this.#resume();
       });
     }
     return this.#outage;
@@ -301,7 +302,6 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     }
     this.#setDbUp(true);
     this.#logger.info('instance database back: resuming consumption');
-    void this.#resume();
   }
 
   // ---- broker ------------------------------------------------------------------------------

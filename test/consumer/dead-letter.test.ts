@@ -1,0 +1,399 @@
+/**
+ * Bad input never crashes or stalls the consumer: a batch of malformed lifecycle messages (not
+ * JSON, not UTF-8, wrong or unknown schema, missing and ill-typed fields, absurd values, broken
+ * oslo envelopes) and a seeded fuzz of mutated messages, interleaved with valid traffic, all land in
+ * the dead-letter queue with their reason (header x-virtbus-reason) and their body unchanged, while
+ * the valid traffic is applied. Malformed command results go the same way. A message that keeps
+ * coming back (a crashing consumer) is dead-lettered by the broker at the quorum delivery limit.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { describe, it } from 'node:test';
+import type { GetMessage } from 'amqplib';
+import { connect } from 'amqplib';
+import { lifecycleRoutingKey, osloEnvelope, type LifecycleMessage } from '../../src/messages/lifecycle';
+import { REASON_HEADER } from '../../src/consumer/service';
+import { nowMicros } from '../../src/util/time';
+import { testBroker } from '../support/services';
+import { Bus, EventFactory, instance, row, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+
+const HOST = 'cmp-dl';
+const KEY = lifecycleRoutingKey(HOST, 'stopped');
+
+type Body = string | Buffer | Record<string, unknown> | unknown[] | number | null;
+
+/** A malformed message and the reason it must be dead-lettered with. */
+interface Bad {
+  readonly name: string;
+  readonly body: Body;
+  readonly reason: RegExp;
+}
+
+function encode(body: Body): Buffer {
+  if (Buffer.isBuffer(body)) return body;
+  return Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+}
+
+function without(message: LifecycleMessage, key: string): Record<string, unknown> {
+  const copy: Record<string, unknown> = { ...message };
+  delete copy[key];
+  return copy;
+}
+
+function badMessages(valid: () => LifecycleMessage): Bad[] {
+  const base = (): Record<string, unknown> => ({ ...valid() });
+  const farFuture = new Date(Date.now() + 3600_000).toISOString().replace('Z', '000Z');
+  const bad: Bad[] = [
+    { name: 'plain text', body: 'hello', reason: /^body is not JSON/ },
+    { name: 'truncated JSON', body: '{"schema": "virtbus.lifecycle/1", ', reason: /^body is not JSON/ },
+    { name: 'empty body', body: '', reason: /^body is not JSON/ },
+    { name: 'invalid UTF-8', body: Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), reason: /^body is not UTF-8/ },
+    { name: 'a number', body: 42, reason: /is not a JSON object/ },
+    { name: 'an array', body: [1, 2, 3], reason: /is not a JSON object/ },
+    { name: 'null', body: null, reason: /is not a JSON object/ },
+    {
+      name: 'unknown schema version',
+      body: { ...base(), schema: 'virtbus.lifecycle/2' },
+      reason: /^unknown schema "virtbus.lifecycle\/2"/,
+    },
+    { name: 'foreign schema', body: { ...base(), schema: 42 }, reason: /^unknown schema 42/ },
+    { name: 'no schema', body: without(valid(), 'schema'), reason: /^missing field schema/ },
+    {
+      name: 'broken oslo envelope',
+      body: { 'oslo.version': '2.0', 'oslo.message': '{nope' },
+      reason: /^oslo.message is not JSON/,
+    },
+    {
+      name: 'ill-typed seq',
+      body: { ...base(), seq: '12' },
+      reason: /^field seq: expected a non-negative integer/,
+    },
+    { name: 'negative seq', body: { ...base(), seq: -5 }, reason: /^field seq/ },
+    { name: 'fractional seq', body: { ...base(), seq: 1.5 }, reason: /^field seq/ },
+    { name: 'huge seq', body: { ...base(), seq: 2 ** 60 }, reason: /^field seq/ },
+    { name: 'ill-typed power_state', body: { ...base(), power_state: '4' }, reason: /^field power_state/ },
+    {
+      name: 'absurd power_state',
+      body: { ...base(), power_state: 42 },
+      reason: /^field power_state: 42 is not a Nova power_state/,
+    },
+    { name: 'negative power_state', body: { ...base(), power_state: -1 }, reason: /^field power_state/ },
+    { name: 'ill-typed host', body: { ...base(), host: 42 }, reason: /^field host: expected a string/ },
+    { name: 'empty host', body: { ...base(), host: '' }, reason: /^field host: empty/ },
+    {
+      name: 'enormous host',
+      body: { ...base(), host: 'x'.repeat(10000) },
+      reason: /^field host: longer than/,
+    },
+    {
+      name: 'not a UUID',
+      body: { ...base(), instance_uuid: 'not-a-uuid' },
+      reason: /^field instance_uuid: not a UUID/,
+    },
+    {
+      name: 'unknown transition',
+      body: { ...base(), transition: 'exploded' },
+      reason: /^field transition: unknown transition "exploded"/,
+    },
+    {
+      name: 'occurred_at a number',
+      body: { ...base(), occurred_at: 12345 },
+      reason: /^field occurred_at: expected a string/,
+    },
+    {
+      name: 'occurred_at not a time',
+      body: { ...base(), occurred_at: 'yesterday' },
+      reason: /^field occurred_at: not an ISO-8601/,
+    },
+    {
+      name: 'occurred_at in 1970',
+      body: { ...base(), occurred_at: '1970-01-01T00:00:00Z' },
+      reason: /^field occurred_at: .* is before 2000/,
+    },
+    {
+      name: 'occurred_at in 9999',
+      body: { ...base(), occurred_at: '9999-12-31T23:59:59.000000Z' },
+      reason: /lies in the future/,
+    },
+    {
+      name: 'occurred_at an hour ahead',
+      body: { ...base(), occurred_at: farFuture },
+      reason: /lies in the future/,
+    },
+    {
+      name: 'boot_id an array',
+      body: { ...base(), boot_id: [] },
+      reason: /^field boot_id: expected a string/,
+    },
+    {
+      name: 'event_id an object',
+      body: { ...base(), event_id: {} },
+      reason: /^field event_id: expected a string/,
+    },
+    {
+      name: 'sync_end with an instance',
+      body: { ...base(), transition: 'sync_end', instance_uuids: [] },
+      reason: /must be null in sync_end/,
+    },
+    {
+      name: 'sync_end without snapshot',
+      body: { ...base(), transition: 'sync_end', instance_uuid: null, power_state: null, instance_uuids: [] },
+      reason: /^sync_end without snapshot/,
+    },
+    {
+      name: 'sync_end with a bad list',
+      body: {
+        ...base(),
+        transition: 'sync_end',
+        instance_uuid: null,
+        power_state: null,
+        snapshot: { id: 's', reason: 'start', count: 1, taken_at: '2026-01-01T00:00:00.000000Z' },
+        instance_uuids: ['nope'],
+      },
+      reason: /^field instance_uuids\[0\]: not a UUID/,
+    },
+  ];
+  for (const key of [
+    'event_id',
+    'host',
+    'transition',
+    'instance_uuid',
+    'power_state',
+    'occurred_at',
+    'seq',
+    'boot_id',
+  ])
+    bad.push({
+      name: `missing ${key}`,
+      body: without(valid(), key),
+      reason: new RegExp(`^missing field ${key}`),
+    });
+  return bad;
+}
+
+/** mulberry32 */
+function random(seed: number): () => number {
+  let state = seed;
+  return () => {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = Math.imul(state ^ (state >>> 15), 1 | state);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const JUNK: readonly unknown[] = [
+  null,
+  true,
+  -1,
+  0,
+  1e308,
+  'x',
+  '',
+  [],
+  {},
+  [null],
+  { a: 1 },
+  '\u0000',
+  'é'.repeat(300),
+];
+
+describe('malformed messages go to the dead-letter queue with a reason', async () => {
+  const broker = await testBroker();
+  const consumer = await startConsumer({ amqpUrl: broker.url, dbUrl: tempSqliteUrl() });
+  const bus = await Bus.open(broker.url, consumer.config);
+  const { deadLetterQueue } = consumer.config.consumer;
+  const exchange = consumer.config.amqp.exchange;
+  const events = new EventFactory();
+  const uuids = Array.from({ length: 40 }, () => randomUUID());
+  await consumer.store.upsert(
+    uuids.map((uuid) => instance({ uuid, host: HOST, vm_state: 'active', power_state: 1 })),
+  );
+  const validFor = (uuid: string): LifecycleMessage => events.event(HOST, uuid, 'paused', 3);
+  let dead: GetMessage[] = [];
+
+  it('dead-letters every malformed message, with its reason, while valid traffic flows', async () => {
+    const bad = badMessages(() => validFor(randomUUID()));
+    // Valid traffic interleaved: each instance paused then resumed, one message in the oslo envelope.
+    const valid: LifecycleMessage[] = [];
+    for (const uuid of uuids)
+      valid.push(events.event(HOST, uuid, 'paused', 3), events.event(HOST, uuid, 'resumed', 1));
+    const ids = new Map<string, Bad>();
+    let v = 0;
+    for (const item of bad) {
+      const id = randomUUID();
+      ids.set(id, item);
+      await bus.publishRaw(exchange, KEY, encode(item.body), id);
+      const good = valid.slice(v, v + 2);
+      v += 2;
+      if (good.length > 0) await bus.publishLifecycle(exchange, good);
+    }
+    await bus.publishLifecycle(exchange, valid.slice(v, -1));
+    const last = valid[valid.length - 1] as LifecycleMessage;
+    await bus.publishRaw(
+      exchange,
+      lifecycleRoutingKey(HOST, last.transition),
+      Buffer.from(JSON.stringify(osloEnvelope(last, nowMicros()))),
+      last.event_id,
+    );
+
+    await waitUntil(
+      'every valid event applied',
+      async () => {
+        const rows = await Promise.all(uuids.map((uuid) => row(consumer.store, uuid)));
+        return rows.every(
+          (r) =>
+            r.power_state === 1 &&
+            r.event_seq !== null &&
+            r.event_seq >=
+              (valid.find((m) => m.instance_uuid === r.uuid && m.transition === 'resumed')?.seq ?? Infinity),
+        );
+      },
+      20000,
+    );
+    await waitUntil(
+      'every malformed message dead-lettered',
+      async () => (await bus.queueCounts(deadLetterQueue)).messageCount >= bad.length,
+      20000,
+    );
+    dead = await bus.drain(deadLetterQueue);
+    assert.equal(dead.length, bad.length, 'exactly the malformed messages are in the DLQ');
+    for (const message of dead) {
+      const item = ids.get(message.properties.messageId as string);
+      assert.ok(item, 'a malformed message we sent');
+      const headers = message.properties.headers ?? {};
+      assert.match(String(headers[REASON_HEADER]), item.reason, item.name);
+      assert.equal(headers['x-virtbus-original-routing-key'], KEY);
+      assert.equal(headers['x-virtbus-original-exchange'], exchange);
+      assert.equal(headers['x-virtbus-queue'], consumer.config.consumer.queue);
+      assert.ok(message.content.equals(encode(item.body)), `${item.name}: body unchanged`);
+    }
+    assert.ok(consumer.service.ready, 'still consuming');
+    const text = await consumer.metrics.registry.metrics();
+    assert.match(
+      text,
+      new RegExp(`virtbus_consumer_messages_total\\{outcome="dead_lettered"\\} ${bad.length}\\b`),
+    );
+  });
+
+  it('a seeded fuzz of mutated messages: each is applied or dead-lettered, never lost or stuck', async () => {
+    const next = random(1234);
+    const sent: string[] = [];
+    const fuzzUuid = randomUUID();
+    await consumer.store.upsert([
+      instance({ uuid: fuzzUuid, host: HOST, vm_state: 'active', power_state: 1 }),
+    ]);
+    for (let i = 0; i < 300; i += 1) {
+      const message: Record<string, unknown> = { ...events.event(HOST, fuzzUuid, 'paused', 3) };
+      const keys = Object.keys(message);
+      const mutations = 1 + Math.floor(next() * 3);
+      for (let m = 0; m < mutations; m += 1) {
+        const key = keys[Math.floor(next() * keys.length)] as string;
+        if (next() < 0.2) delete message[key];
+        else message[key] = JUNK[Math.floor(next() * JUNK.length)];
+      }
+      const id = randomUUID();
+      sent.push(id);
+      await bus.publishRaw(exchange, KEY, Buffer.from(JSON.stringify(message)), id);
+    }
+    await waitUntil(
+      'every fuzzed message handled',
+      () => sent.every((id) => consumer.processed.some((p) => p.messageId === id)),
+      20000,
+    );
+    const outcomes = new Map<string, number>();
+    for (const id of sent) {
+      const outcome = consumer.processed.find((p) => p.messageId === id)?.outcome ?? 'lost';
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+    }
+    const deadCount = outcomes.get('dead_lettered') ?? 0;
+    const fuzzDead = await bus.drain(deadLetterQueue);
+    assert.equal(fuzzDead.length, deadCount, 'every dead-lettered one is in the DLQ');
+    assert.ok(fuzzDead.every((message) => typeof message.properties.headers?.[REASON_HEADER] === 'string'));
+    assert.ok(
+      deadCount > 50 && deadCount < 300,
+      `some mutations are fatal, some harmless (${deadCount} of 300)`,
+    );
+    console.log(`fuzz: ${JSON.stringify(Object.fromEntries(outcomes))}`);
+    assert.ok(consumer.service.ready, 'still consuming');
+  });
+
+  it('dead-letters malformed stop-command results', async () => {
+    const key = `${HOST}.stop_result`;
+    const ids = [randomUUID(), randomUUID(), randomUUID()];
+    await bus.publishRaw(
+      consumer.config.amqp.commandExchange,
+      key,
+      Buffer.from('not json'),
+      ids[0] as string,
+    );
+    await bus.publishRaw(
+      consumer.config.amqp.commandExchange,
+      key,
+      Buffer.from(JSON.stringify({ schema: 'virtbus.command-result/9' })),
+      ids[1] as string,
+    );
+    await bus.publishRaw(
+      consumer.config.amqp.commandExchange,
+      key,
+      Buffer.from(
+        JSON.stringify({
+          schema: 'virtbus.command-result/1',
+          command_id: 'c',
+          action: 'stop',
+          host: HOST,
+          instance_uuid: randomUUID(),
+          outcome: 'vaporised',
+        }),
+      ),
+      ids[2] as string,
+    );
+    await Promise.all(ids.map((id) => consumer.waitProcessed(id)));
+    const results = await bus.drain(deadLetterQueue);
+    const reasons = new Map(
+      results.map((m) => [m.properties.messageId as string, String(m.properties.headers?.[REASON_HEADER])]),
+    );
+    assert.match(reasons.get(ids[0] as string) ?? '', /^body is not JSON/);
+    assert.match(reasons.get(ids[1] as string) ?? '', /^unknown schema "virtbus.command-result\/9"/);
+    assert.match(reasons.get(ids[2] as string) ?? '', /^field outcome: unknown outcome "vaporised"/);
+    assert.ok(
+      results.every(
+        (m) => m.properties.headers?.['x-virtbus-queue'] === consumer.config.consumer.resultQueue,
+      ),
+    );
+  });
+
+  it('a message that keeps coming back is dead-lettered by the broker at the delivery limit', async () => {
+    await consumer.stop();
+    const poison = validFor(uuids[0] as string);
+    await bus.publishLifecycle(exchange, [poison]);
+    // Play a consumer that crashes on it: reject with requeue, again and again.
+    const model = await connect(broker.url);
+    try {
+      const channel = await model.createChannel();
+      let deliveries = 0;
+      await channel.consume(consumer.config.consumer.queue, (message) => {
+        if (!message) return;
+        deliveries += 1;
+        channel.nack(message, false, true);
+      });
+      await waitUntil(
+        'the broker to dead-letter it',
+        async () => (await bus.queueCounts(deadLetterQueue)).messageCount === 1,
+        20000,
+      );
+      const [message] = await bus.drain(deadLetterQueue);
+      assert.equal(message?.properties.messageId, poison.event_id);
+      const death = (
+        message?.properties.headers?.['x-death'] as Array<Record<string, unknown>> | undefined
+      )?.[0];
+      assert.equal(death?.reason, 'delivery_limit');
+      assert.ok(
+        deliveries >= consumer.config.consumer.deliveryLimit,
+        `${deliveries} deliveries before the limit`,
+      );
+    } finally {
+      await model.close();
+    }
+  });
+});
