@@ -295,10 +295,14 @@ describe('deploy/kubernetes manifests', () => {
     const bridge = workload('DaemonSet', 'virtbus-bridge');
     const pod = bridge.spec.template.spec;
     const hostPaths = pod.volumes.filter((v) => v.hostPath);
-    assert.equal(hostPaths.length, 1, 'one host path, the libvirt socket directory');
-    const volume = hostPaths[0]!;
-    assert.deepEqual(volume.hostPath, { path: '/run/libvirt', type: 'Directory' });
-    const mount = container(bridge).volumeMounts.find((m) => m.name === volume.name);
+    assert.deepEqual(
+      hostPaths.map((v) => v.hostPath?.path).sort(),
+      ['/run/libvirt', '/var/lib/virtbus-bridge'],
+      'host paths: the libvirt socket directory and the outbox journal, nothing else',
+    );
+    const socket = hostPaths.find((v) => v.hostPath?.path === '/run/libvirt')!;
+    assert.equal(socket.hostPath?.type, 'Directory');
+    const mount = container(bridge).volumeMounts.find((m) => m.name === socket.name);
     assert.ok(mount);
     assert.equal(mount.mountPath, '/run/libvirt', 'qemu:///system finds /run/libvirt/libvirt-sock');
     assert.notEqual(mount.readOnly, true, 'connecting to a unix socket needs write access');
@@ -311,6 +315,18 @@ describe('deploy/kubernetes manifests', () => {
     assert.equal(env.get('VIRTBUS_HOST')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
     assert.equal(env.get('VIRTBUS_LIBVIRT_URI')?.value, 'qemu:///system');
     assert.deepEqual(pod.nodeSelector, { 'virtbus.io/hypervisor': 'true' });
+  });
+
+  it('the bridge keeps its outbox journal on the node, so it outlives the pod', () => {
+    const bridge = workload('DaemonSet', 'virtbus-bridge');
+    const c = container(bridge);
+    const dir = c.env.find((e) => e.name === 'VIRTBUS_OUTBOX_DIR')?.value;
+    assert.ok(dir, 'VIRTBUS_OUTBOX_DIR is set (the default ./data/outbox is on the read-only root)');
+    const mount = c.volumeMounts.find((m) => dir.startsWith(`${m.mountPath}/`));
+    assert.ok(mount, `${dir} lies in a mounted volume`);
+    assert.notEqual(mount.readOnly, true);
+    const volume = bridge.spec.template.spec.volumes.find((v) => v.name === mount.name);
+    assert.deepEqual(volume?.hostPath, { path: '/var/lib/virtbus-bridge', type: 'Directory' });
   });
 
   it('environment names exist in src/config/schema.ts; secrets come as *_FILE from mounted Secret keys that exist', () => {

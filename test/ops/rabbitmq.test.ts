@@ -439,6 +439,7 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
       VIRTBUS_LIBVIRT_URI: libvirtd.uri,
       VIRTBUS_AMQP_URL: url('bridge'),
       VIRTBUS_STOP_DELAY_MS: '0',
+      VIRTBUS_OUTBOX_DIR: join(scratch, 'outbox'),
       VIRTBUS_GRACEFUL_SHUTDOWN_TIMEOUT_MS: '1000',
     });
 

@@ -200,6 +200,8 @@ describe('deploy/systemd units', () => {
         assert.ok(!section.has(key), `${UNITS[role]} must not add writable paths (${key})`);
       }
     }
+    const outbox = unitEnvironment(service('bridge')).get('VIRTBUS_OUTBOX_DIR');
+    assert.equal(outbox, '/var/lib/virtbus-bridge/outbox', 'the outbox journal lives in the state directory');
     const db = unitEnvironment(service('consumer')).get('VIRTBUS_DB_URL');
     assert.equal(db, 'sqlite:/var/lib/virtbus-consumer/virtbus.db', 'SQLite lives in the state directory');
   });
