@@ -5,10 +5,11 @@
  */
 import { accessSync, constants, readFileSync, readdirSync, statSync } from 'node:fs';
 import { delimiter, join, resolve } from 'node:path';
-import { Registry, type Metric } from 'prom-client';
+import { Registry } from 'prom-client';
 import { parseAllDocuments } from 'yaml';
 import { schemaLeaves } from '../../src/config/load';
-import { createBridgeMetrics } from '../../src/bridge/metrics';
+import { createBridgeMetrics, type BridgeMetricSources } from '../../src/bridge/metrics';
+import type { QueueStats } from '../../src/native/contract';
 import { createConsumerMetrics } from '../../src/consumer/metrics';
 import type { ServiceProcess } from '../support/bridge-process';
 
@@ -84,24 +85,24 @@ export interface RegisteredMetric {
  * functions the processes call), with the series names a histogram adds.
  */
 export function registeredMetrics(): Map<string, RegisteredMetric> {
-  const bridge = createBridgeMetrics(
-    {
-      queueStats: () => ({ depth: 0, capacity: 1, highWater: 0, dropped: 0, enqueued: 0 }),
-      unconfirmed: () => 0,
-      delayedStopsPending: () => 0,
-      outboxDepth: () => 0,
-      outboxOldestMicros: () => undefined,
-      libvirtUp: () => false,
-      amqpUp: () => false,
-    },
-    new Registry(),
-  );
+  // Registration does not read the sources; any source the bridge adds later is a stub too.
+  const sources = new Proxy({} as BridgeMetricSources, {
+    get: (_target, name) =>
+      name === 'queueStats'
+        ? (): QueueStats => ({ depth: 0, capacity: 1, highWater: 0, dropped: 0, enqueued: 0 })
+        : (): number => 0,
+  });
+  const bridge = createBridgeMetrics(sources, new Registry());
   const consumer = createConsumerMetrics(new Registry());
   const metrics = new Map<string, RegisteredMetric>();
   const add = (registry: Registry, role: RegisteredMetric['role']): void => {
-    for (const metric of registry.getMetricsAsArray() as Array<Metric & { labelNames?: string[] }>) {
-      const { name, type } = metric as unknown as { name: string; type: string };
-      const labels = metric.labelNames ?? [];
+    for (const metric of registry.getMetricsAsArray()) {
+      const { name, type, labelNames } = metric as unknown as {
+        name: string;
+        type: string;
+        labelNames?: string[];
+      };
+      const labels = labelNames ?? [];
       const names = type === 'histogram' ? [`${name}_bucket`, `${name}_sum`, `${name}_count`, name] : [name];
       for (const series of names) {
         const existing = metrics.get(series);
@@ -200,4 +201,55 @@ export async function serviceMetricsUrl(service: ServiceProcess): Promise<string
   if (typeof line.metrics === 'string') return line.metrics.replace(/\/metrics$/, '');
   const host = typeof line.host === 'string' && line.host !== '0.0.0.0' ? line.host : '127.0.0.1';
   return `http://${host}:${String(line.port)}`;
+}
+
+export interface AlertRule {
+  readonly alert: string;
+  readonly expr: string;
+  readonly for?: string;
+  readonly labels?: Record<string, string>;
+  readonly annotations?: Record<string, string>;
+}
+
+/** The alerting rules of deploy/prometheus/alerts.yml. */
+export function alertRules(): AlertRule[] {
+  const file = yamlDocuments(deployFile('prometheus', 'alerts.yml'))[0] as {
+    groups: Array<{ name: string; rules: AlertRule[] }>;
+  };
+  return file.groups.flatMap((group) => group.rules);
+}
+
+export interface DashboardPanel {
+  readonly id: number;
+  readonly type: string;
+  readonly title: string;
+  readonly description?: string;
+  readonly gridPos: { readonly h: number; readonly w: number; readonly x: number; readonly y: number };
+  readonly datasource?: { readonly type: string; readonly uid: string };
+  readonly targets?: Array<{
+    readonly expr: string;
+    readonly refId: string;
+    readonly datasource?: { readonly type: string; readonly uid: string };
+  }>;
+}
+
+export interface Dashboard {
+  readonly uid: string;
+  readonly title: string;
+  readonly schemaVersion: number;
+  readonly panels: DashboardPanel[];
+  readonly templating: {
+    readonly list: Array<{ readonly name: string; readonly type: string; readonly query: unknown }>;
+  };
+}
+
+export function dashboard(): Dashboard {
+  return JSON.parse(readFileSync(deployFile('grafana', 'virtbus.json'), 'utf8')) as Dashboard;
+}
+
+/** Every PromQL expression of the dashboard, with the panel it belongs to. */
+export function dashboardExprs(): Array<{ panel: string; expr: string }> {
+  return dashboard().panels.flatMap((panel) =>
+    (panel.targets ?? []).map((target) => ({ panel: panel.title, expr: target.expr })),
+  );
 }
