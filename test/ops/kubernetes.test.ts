@@ -142,6 +142,7 @@ const API_VERSIONS: Record<string, string> = {
   PodDisruptionBudget: 'policy/v1',
   NetworkPolicy: 'networking.k8s.io/v1',
   ServiceMonitor: 'monitoring.coreos.com/v1',
+  PrometheusRule: 'monitoring.coreos.com/v1',
   Kustomization: 'kustomize.config.k8s.io/v1beta1',
 };
 
@@ -390,6 +391,12 @@ describe('deploy/kubernetes manifests', () => {
     assert.deepEqual(policy.spec.policyTypes, ['Ingress']);
     assert.equal(policy.spec.ingress.length, 1);
     assert.deepEqual(policy.spec.ingress[0]?.ports, [{ port: 'metrics', protocol: 'TCP' }]);
+  });
+
+  it('the PrometheusRule carries exactly the groups of deploy/prometheus/alerts.yml', () => {
+    const rule = find<{ spec: { groups: unknown } }>('PrometheusRule', 'virtbus');
+    const alerts = yamlDocuments(deployFile('prometheus', 'alerts.yml'))[0] as { groups: unknown };
+    assert.deepEqual(rule.spec.groups, alerts.groups, 'regenerate prometheusrule.yaml from alerts.yml');
   });
 
   it('the consumer Deployment has a PodDisruptionBudget that selects it', () => {
