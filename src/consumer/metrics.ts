@@ -64,7 +64,7 @@ export interface ConsumerMetrics {
 }
 
 export function createConsumerMetrics(registry = new Registry()): ConsumerMetrics {
-  collectDefaultMetrics({ register: registry, prefix: 'virtbus_consumer_process_' });
+  collectDefaultMetrics({ register: registry });
   const registers = [registry];
   return {
     registry,

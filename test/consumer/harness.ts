@@ -207,6 +207,13 @@ export type Answer = { outcome: CommandOutcome; power_state: number; error?: str
 export class Bus {
   readonly commands: StopCommand[] = [];
   readonly notifications: InstanceUpdateMessage[] = [];
+  /** The notifications as they came off the wire: routing key, properties and body. */
+  readonly rawNotifications: Array<{
+    routingKey: string;
+    exchange: string;
+    body: string;
+    contentType: unknown;
+  }> = [];
   #model!: ChannelModel;
   #publish!: ConfirmChannel;
   #observe!: Channel;
@@ -242,7 +249,14 @@ export class Bus {
     await this.#observe.consume(
       notificationQueue,
       (message) => {
-        if (message) this.notifications.push(decodeNotification(message.content));
+        if (!message) return;
+        this.notifications.push(decodeNotification(message.content));
+        this.rawNotifications.push({
+          routingKey: message.fields.routingKey,
+          exchange: message.fields.exchange,
+          body: message.content.toString('utf8'),
+          contentType: message.properties.contentType,
+        });
       },
       { noAck: true },
     );
