@@ -64,7 +64,8 @@ export interface ConsumerMetrics {
 }
 
 export function createConsumerMetrics(registry = new Registry()): ConsumerMetrics {
-  collectDefaultMetrics({ register: registry });
+  // Prefixed (virtbus_consumer_process_*): the dashboards and docs/operations.md use these names.
+  collectDefaultMetrics({ register: registry, prefix: 'virtbus_consumer_process_' });
   const registers = [registry];
   return {
     registry,
