@@ -24,7 +24,7 @@ export interface BridgeDependencies {
   readonly config: VirtbusConfig;
   readonly binding: NativeBinding;
   readonly logger: Logger;
-  /** Defaults to an in-memory outbox of 100,000 messages. */
+  /** From openOutbox(config); defaults to an in-memory outbox of 100,000 messages. */
   readonly outbox?: Outbox;
 }
 
@@ -70,6 +70,7 @@ export class Bridge {
       delayedStopsPending: () => this.#dispatcher.delayedStopsPending,
       outboxDepth: () => this.#outbox.depth,
       outboxOldestMicros: () => this.#outbox.oldestMicros(),
+      outboxBytes: () => this.#outbox.bytes ?? 0,
       libvirtUp: () => this.#libvirt.isUp,
       amqpUp: () => this.#amqp.isUp,
     });

@@ -11,6 +11,7 @@ export interface BridgeMetricSources {
   delayedStopsPending(): number;
   outboxDepth(): number;
   outboxOldestMicros(): number | undefined;
+  outboxBytes?(): number;
   libvirtUp(): boolean;
   amqpUp(): boolean;
 }
@@ -66,6 +67,11 @@ export function createBridgeMetrics(sources: BridgeMetricSources, registry = new
       const oldest = sources.outboxOldestMicros();
       return oldest === undefined ? 0 : Math.max(0, (Date.now() * 1000 - oldest) / 1e6);
     },
+  );
+  gauge(
+    'virtbus_outbox_bytes',
+    'Bytes the durable outbox journal holds on disk (0 for the memory outbox).',
+    () => sources.outboxBytes?.() ?? 0,
   );
   gauge('virtbus_libvirt_up', '1 while the libvirt connection is open.', () => (sources.libvirtUp() ? 1 : 0));
   gauge('virtbus_amqp_up', '1 while the broker connection is open.', () => (sources.amqpUp() ? 1 : 0));

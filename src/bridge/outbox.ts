@@ -27,8 +27,10 @@ export interface OutboxRecord extends OutboxInput {
 export interface Outbox {
   /** Unconfirmed records. */
   readonly depth: number;
-  /** Most records held before append() waits for confirms. */
+  /** Most held before append() waits for confirms: records (memory) or bytes (journal). */
   readonly capacity: number;
+  /** Bytes on disk, for a durable outbox. */
+  readonly bytes?: number;
   /** occurredMicros of the oldest unconfirmed record. */
   oldestMicros(): number | undefined;
   /** Appends in order; resolves once accepted (durably, for a journal). Waits while full. */

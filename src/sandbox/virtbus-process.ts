@@ -5,7 +5,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** bin/virtbus, from src/sandbox or dist/src/sandbox. */
@@ -35,8 +36,17 @@ export function startVirtbus(
   env: NodeJS.ProcessEnv,
   args: readonly string[] = [],
 ): ServiceProcess {
+  // Each bridge its own journal unless the caller shares one on purpose (restart tests).
+  const ownOutbox =
+    env.VIRTBUS_OUTBOX_DIR === undefined ? mkdtempSync(join(tmpdir(), 'virtbus-outbox-')) : undefined;
   const child = spawn(process.execPath, [VIRTBUS_BIN, command, ...args], {
-    env: { ...process.env, VIRTBUS_METRICS_PORT: '0', VIRTBUS_LOG_LEVEL: 'debug', ...env },
+    env: {
+      ...process.env,
+      VIRTBUS_METRICS_PORT: '0',
+      VIRTBUS_LOG_LEVEL: 'debug',
+      ...(ownOutbox ? { VIRTBUS_OUTBOX_DIR: ownOutbox } : {}),
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: Array<Record<string, unknown>> = [];
@@ -56,10 +66,13 @@ export function startVirtbus(
     }
   });
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-  const exit = once(child, 'exit').then(([code, signal]) => ({
-    code: code as number | null,
-    signal: signal as NodeJS.Signals | null,
-  }));
+  const exit = once(child, 'exit').then(([code, signal]) => {
+    if (ownOutbox) rmSync(ownOutbox, { recursive: true, force: true });
+    return {
+      code: code as number | null,
+      signal: signal as NodeJS.Signals | null,
+    };
+  });
   const waitForLog = async (
     what: string,
     predicate: (line: Record<string, unknown>) => boolean,

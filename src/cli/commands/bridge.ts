@@ -2,6 +2,7 @@
 import { loadConfig, redactedConfig } from '../../config/load';
 import { loadNativeBinding } from '../../native/binding';
 import { Bridge } from '../../bridge/bridge';
+import { openOutbox } from '../../bridge/open-outbox';
 import { createLogger } from '../../util/log';
 import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
 import { runUntilSignal } from '../signals';
@@ -30,7 +31,9 @@ export async function run(argv: readonly string[]): Promise<number> {
   const config = loadConfig({ role: 'bridge', args: args.configArgs });
   const logger = createLogger(config.log.level, 'virtbus-bridge');
   logger.info({ config: redactedConfig(config) }, 'configuration');
-  const bridge = new Bridge({ config, binding: loadNativeBinding(), logger });
+  // Open the outbox first: a journal locked by another live bridge is fatal (exit 1, with the reason).
+  const outbox = await openOutbox(config, logger);
+  const bridge = new Bridge({ config, binding: loadNativeBinding(), logger, outbox });
   return runUntilSignal(
     logger,
     () => bridge.start(),
