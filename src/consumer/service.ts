@@ -378,9 +378,11 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     try {
       const lifecycle = await channels.consume.consume(queue, (message) => {
         if (message) this.#accept('lifecycle', channels, message);
+        else this.#cancelledByBroker(queue);
       });
       const results = await channels.consume.consume(resultQueue, (message) => {
         if (message) this.#accept('result', channels, message);
+        else this.#cancelledByBroker(resultQueue);
       });
       channels.tags = [lifecycle.consumerTag, results.consumerTag];
       this.#setConsuming(true);
@@ -393,6 +395,17 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     } finally {
       channels.subscribing = false;
     }
+  }
+
+  /**
+   * The broker cancelled a consumer (its queue was deleted, or a quorum queue lost its members):
+   * reconnect, which re-declares the topology and subscribes again.
+   */
+  #cancelledByBroker(queue: string): void {
+    if (this.#stopping) return;
+    this.#logger.warn({ queue }, 'the broker cancelled the consumer; reconnecting');
+    this.#setConsuming(false);
+    this.#amqp.reset('consumer cancelled by the broker');
   }
 
   /** Cancels the consumers (messages in hand stay ours, unacknowledged). */

@@ -335,6 +335,15 @@ export class Bus {
     }
   }
 
+  async deleteQueue(queue: string): Promise<void> {
+    const channel = await this.#model.createChannel();
+    try {
+      await channel.deleteQueue(queue);
+    } finally {
+      await channel.close().catch(() => undefined);
+    }
+  }
+
   async queueCounts(queue: string): Promise<{ messageCount: number; consumerCount: number }> {
     const channel = await this.#model.createChannel();
     try {

@@ -328,3 +328,22 @@ describe('notifications', async () => {
     await quiet.stop();
   });
 });
+
+describe('broker-side cancellation', async () => {
+  const broker = await testBroker();
+  const consumer = await startConsumer({ amqpUrl: broker.url, dbUrl: tempSqliteUrl() });
+  const bus = await Bus.open(broker.url, consumer.config);
+  const events = new EventFactory();
+
+  it('re-declares its queue and consumes again when the broker cancels it (queue deleted)', async () => {
+    const uuid = randomUUID();
+    await consumer.store.upsert([instance({ uuid, host: HOST, vm_state: 'active', power_state: 1 })]);
+    await bus.deleteQueue(consumer.config.consumer.queue);
+    await waitUntil('the consumer to notice', () => !consumer.service.ready, 5000);
+    await consumer.service.whenReady(15000);
+    const message = events.event(HOST, uuid, 'paused', 3);
+    await bus.publishLifecycle(consumer.config.amqp.exchange, [message]);
+    assert.equal((await consumer.waitProcessed(message.event_id)).outcome, 'synced');
+    assert.equal((await row(consumer.store, uuid)).power_state, 3);
+  });
+});
