@@ -113,9 +113,16 @@ export class SqliteStore implements InstanceStore {
     apply.immediate();
   }
 
+  /**
+   * Proves the database can be written, not only read: in WAL mode reads succeed while another
+   * process holds the write lock, so the probe takes the lock (BEGIN IMMEDIATE, waiting at most the
+   * busy timeout) and rolls back. Inside an open batch we hold the lock already.
+   */
   ping(): Promise<void> {
     return this.#read(() => {
-      this.#db.prepare('SELECT 1').get();
+      if (this.#batch || this.#db.inTransaction) return;
+      this.#db.exec('BEGIN IMMEDIATE');
+      this.#db.exec('ROLLBACK');
     });
   }
 

@@ -5,14 +5,16 @@
  * own, because it stops it.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import { after, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startMetricsServer } from '../../src/metrics/server';
 import { startPostgres } from '../../src/sandbox';
 import { testBroker } from '../support/services';
 import { metricValue } from '../support/bridge-process';
-import { Bus, EventFactory, instance, startConsumer, waitUntil } from './harness';
+import { Bus, EventFactory, instance, startConsumer, tempSqliteUrl, waitUntil } from './harness';
 
 const HOST = 'cmp-db';
 
@@ -115,5 +117,52 @@ describe('database outage', async () => {
     const metrics2 = await (await fetch(`${base}/metrics`)).text();
     assert.equal(metricValue(metrics2, 'virtbus_db_up'), 1);
     assert.equal(metricValue(metrics2, 'virtbus_consumer_paused'), 0);
+  });
+});
+
+describe('SQLite write lock held by another process', async () => {
+  const broker = await testBroker();
+  const dbUrl = tempSqliteUrl();
+  const consumer = await startConsumer({
+    amqpUrl: broker.url,
+    dbUrl,
+    env: { VIRTBUS_DB_BUSY_TIMEOUT_MS: '300' },
+  });
+  const bus = await Bus.open(broker.url, consumer.config);
+  const events = new EventFactory();
+  const uuids = Array.from({ length: 20 }, () => randomUUID());
+  await consumer.store.upsert(
+    uuids.map((uuid) => instance({ uuid, host: HOST, vm_state: 'active', power_state: 1 })),
+  );
+
+  it('pauses while the database is locked, acknowledges nothing, and resumes when the lock goes', async () => {
+    const path = dbUrl.slice('sqlite:'.length);
+    const holder = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const D = require(${JSON.stringify(require.resolve('better-sqlite3'))});
+         const db = new D(${JSON.stringify(path)});
+         db.exec('BEGIN IMMEDIATE');
+         process.stdout.write('locked\\n');
+         process.stdin.once('data', () => { db.exec('ROLLBACK'); db.close(); process.exit(0); });`,
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    after(() => holder.kill());
+    await once(holder.stdout, 'data');
+    const paused = uuids.map((uuid) => events.event(HOST, uuid, 'paused', 3));
+    await bus.publishLifecycle(consumer.config.amqp.exchange, paused);
+    await waitUntil('the consumer to pause', () => !consumer.service.ready, 10000);
+    await sleep(1000);
+    assert.equal(consumer.processed.filter((p) => paused.some((m) => m.event_id === p.messageId)).length, 0);
+    assert.equal((await consumer.metrics.dbUp.get()).values[0]?.value, 0);
+    holder.stdin.write('release\n');
+    await once(holder, 'exit');
+    await Promise.all(paused.map((m) => consumer.waitProcessed(m.event_id, 20000)));
+    await consumer.service.whenReady(10000);
+    const rows = await consumer.store.list({ host: HOST });
+    assert.ok(rows.every((row) => row.power_state === 3));
+    assert.equal((await bus.queueCounts(consumer.config.consumer.deadLetterQueue)).messageCount, 0);
   });
 });
