@@ -6,6 +6,7 @@
  * seq), so nothing accepted is lost. Topology is declared on every (re)connect.
  */
 import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
+import type { Writable } from 'node:stream';
 import type { AmqpConnection } from '../amqp/connection';
 import { assertTopology, type Topology } from '../amqp/topology';
 import type { Logger } from '../util/log';
@@ -34,9 +35,16 @@ export class Publisher {
   #pumping = false;
   #closed = false;
   #idleWaiters: Array<() => void> = [];
+  /** After a confirm, publish more only once this many slots are free (one read refills many). */
+  readonly #refill: number;
+  /** Confirms by transition not yet added to the counter: one labelled increment per burst of acks. */
+  readonly #published = new Map<string, number>();
+  #countScheduled = false;
+  #corked = false;
 
   constructor(options: PublisherOptions) {
     this.#options = options;
+    this.#refill = Math.max(1, Math.min(64, Math.floor(options.maxInFlight / 4)));
     options.outbox.onAppend(() => this.#pump());
     options.connection.on('up', (model) => void this.#openChannel(model));
     options.connection.on('down', () => this.#dropChannel('connection lost'));
@@ -132,6 +140,27 @@ export class Publisher {
     this.#inFlight = 0;
   }
 
+  /**
+   * amqplib hands every frame to the socket separately (one write syscall per message). Corking the
+   * socket while a burst of publishes is handed over sends the burst in one writev: less CPU here
+   * and larger reads for the broker. amqplib moves frames to the socket from a setImmediate that
+   * these publishes queue, so the socket is uncorked one immediate later. No-op if the channel's
+   * socket cannot be found (amqplib internals).
+   */
+  #cork(channel: ConfirmChannel): void {
+    if (this.#corked) return;
+    const socket = (channel as unknown as { connection?: { stream?: Partial<Writable> } }).connection?.stream;
+    if (typeof socket?.cork !== 'function' || typeof socket.uncork !== 'function') return;
+    this.#corked = true;
+    socket.cork();
+    setImmediate(() =>
+      setImmediate(() => {
+        this.#corked = false;
+        socket.uncork?.();
+      }),
+    );
+  }
+
   #pump(): void {
     if (this.#pumping) return;
     this.#pumping = true;
@@ -145,6 +174,7 @@ export class Publisher {
       ) {
         const records = outbox.readAfter(this.#cursor, Math.min(512, maxInFlight - this.#inFlight));
         if (records.length === 0) break;
+        this.#cork(this.#channel);
         for (const record of records) {
           if (!this.#publish(this.#channel, record)) {
             this.#waitingForDrain = true;
@@ -198,13 +228,26 @@ export class Publisher {
       return;
     }
     outbox.confirm(record.id);
-    metrics.eventsPublished.inc({ transition: record.transition });
+    this.#countPublished(record.transition);
     metrics.eventToConfirm.observe(Math.max(0, Date.now() / 1000 - record.occurredMicros / 1e6));
     if (outbox.depth === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;
       this.#idleWaiters = [];
       for (const wake of waiters) wake();
     }
-    this.#pump();
+    // The broker acks in bursts; refilling per ack would read the outbox once per message.
+    if (this.#inFlight <= this.#options.maxInFlight - this.#refill) this.#pump();
+  }
+
+  #countPublished(transition: string): void {
+    this.#published.set(transition, (this.#published.get(transition) ?? 0) + 1);
+    if (this.#countScheduled) return;
+    this.#countScheduled = true;
+    queueMicrotask(() => {
+      this.#countScheduled = false;
+      for (const [label, count] of this.#published)
+        this.#options.metrics.eventsPublished.inc({ transition: label }, count);
+      this.#published.clear();
+    });
   }
 }

@@ -4,7 +4,7 @@
  * consumer can tell a stale event from the current truth. One query serves every event of a batch:
  * a few domains are asked for by UUID in one thread-pool job, many through one full listing.
  */
-import type { DomainInfo, NativeConnection } from '../native/contract';
+import type { NativeConnection } from '../native/contract';
 import { powerStateOf } from '../libvirt/power-state';
 import type { PowerStateCode } from '../libvirt/constants';
 import { LibvirtErrorCode } from '../libvirt/constants';
@@ -30,8 +30,11 @@ export async function samplePowerStates(
   }
   try {
     if (uuids.length > LIST_ALL_THRESHOLD) {
-      const all = new Map<string, DomainInfo>((await connection.listAllDomains()).map((d) => [d.uuid, d]));
-      for (const uuid of uuids) result.set(uuid, powerStateOf(all.get(uuid)?.state ?? null));
+      // Keep only the domains asked for: the listing may hold many more than the batch touched.
+      const wanted = new Set(uuids);
+      for (const domain of await connection.listAllDomains())
+        if (wanted.has(domain.uuid)) result.set(domain.uuid, powerStateOf(domain.state));
+      for (const uuid of uuids) if (!result.has(uuid)) result.set(uuid, powerStateOf(null));
     } else {
       const states = await connection.domainStates(uuids);
       uuids.forEach((uuid, index) => result.set(uuid, powerStateOf(states[index]?.state ?? null)));

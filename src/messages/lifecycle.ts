@@ -55,8 +55,17 @@ export function hostSegment(host: string): string {
   return host.toLowerCase().replace(/[^a-z0-9_-]/g, '_');
 }
 
+/** host → its segment; a bridge has one host, so this is built once per run (bounded anyway). */
+const segments = new Map<string, string>();
+
 export function lifecycleRoutingKey(host: string, transition: Transition): string {
-  return `${hostSegment(host)}.${transition}`;
+  let segment = segments.get(host);
+  if (segment === undefined) {
+    if (segments.size >= 64) segments.clear();
+    segment = hostSegment(host);
+    segments.set(host, segment);
+  }
+  return `${segment}.${transition}`;
 }
 
 export interface LifecycleFields {
@@ -75,8 +84,32 @@ export interface LifecycleFields {
   readonly instanceUuids?: readonly string[];
 }
 
+/**
+ * isoMicros with the text up to the seconds cached: the dispatcher formats two timestamps per
+ * event, nearly always within the same second or two (a delayed STOPPED: occurred 15 s earlier).
+ */
+const isoSeconds = [Number.NaN, Number.NaN];
+const isoPrefixes = ['', ''];
+let isoOldest = 0;
+function isoMicrosFast(epochMicros: number): string {
+  const second = Math.floor(epochMicros / 1e6);
+  let slot = isoSeconds[0] === second ? 0 : isoSeconds[1] === second ? 1 : -1;
+  if (slot < 0) {
+    slot = isoOldest;
+    isoOldest = 1 - slot;
+    const whole = isoMicros(second * 1e6); // "…:SS.000000Z"
+    isoPrefixes[slot] = whole.slice(0, whole.length - 7);
+    isoSeconds[slot] = second;
+  }
+  return `${isoPrefixes[slot]}${String(Math.floor(epochMicros - second * 1e6) + 1e6).slice(1)}Z`;
+}
+
 export function buildLifecycleMessage(fields: LifecycleFields): LifecycleMessage {
-  return {
+  // One object literal with every field in contract order (no conditional spreads): V8 keeps it a
+  // fast-mode object, which makes building and JSON.stringify several times cheaper on the hot path.
+  const message: {
+    -readonly [K in keyof LifecycleMessage]: LifecycleMessage[K];
+  } = {
     schema: LIFECYCLE_SCHEMA,
     event_id: randomUUID(),
     host: fields.host,
@@ -87,14 +120,15 @@ export function buildLifecycleMessage(fields: LifecycleFields): LifecycleMessage
     libvirt: fields.libvirt,
     power_state: fields.powerState,
     power_state_name: fields.powerState === null ? null : powerStateName(fields.powerState),
-    occurred_at: isoMicros(fields.occurredMicros),
-    published_at: isoMicros(fields.publishedMicros),
+    occurred_at: isoMicrosFast(fields.occurredMicros),
+    published_at: isoMicrosFast(fields.publishedMicros),
     delayed_ms: fields.delayedMs,
     seq: fields.seq,
     boot_id: fields.bootId,
-    ...(fields.snapshot ? { snapshot: fields.snapshot } : {}),
-    ...(fields.instanceUuids ? { instance_uuids: fields.instanceUuids } : {}),
   };
+  if (fields.snapshot) message.snapshot = fields.snapshot;
+  if (fields.instanceUuids) message.instance_uuids = fields.instanceUuids;
+  return message;
 }
 
 /**
