@@ -26,13 +26,14 @@ async function publish(
   window: number,
   make: (i: number) => { routingKey: string; body: Buffer; messageId: string },
   bodyBytes: number,
+  cork = false,
 ): Promise<PublishResult> {
   const model = await connect(url);
   try {
     const channel = await model.createConfirmChannel();
     const sampler = new ResourceSampler();
     const started = performance.now();
-    await publishConfirmed(channel, count, window, (i) => ({ exchange: EXCHANGE, ...make(i) }));
+    await publishConfirmed(channel, count, window, (i) => ({ exchange: EXCHANGE, ...make(i) }), { cork });
     const seconds = (performance.now() - started) / 1000;
     return { count, seconds, rate: count / seconds, bodyBytes, resources: sampler.stop() };
   } finally {
@@ -41,7 +42,7 @@ async function publish(
 }
 
 serve({
-  async ceiling(params: { url: string; count: number; window: number }) {
+  async ceiling(params: { url: string; count: number; window: number; cork: boolean }) {
     const sample = sampleMessage();
     return publish(
       params.url,
@@ -49,6 +50,7 @@ serve({
       params.window,
       () => ({ routingKey: sample.routingKey, body: sample.body, messageId: randomUUID() }),
       sample.body.length,
+      params.cork,
     );
   },
 
@@ -78,6 +80,7 @@ serve({
         return message;
       },
       0,
+      true,
     );
     return { ...result, bodyBytes: Math.round(bytes / Math.max(1, params.count)) };
   },
