@@ -347,3 +347,35 @@ describe('broker-side cancellation', async () => {
     assert.equal((await row(consumer.store, uuid)).power_state, 3);
   });
 });
+
+describe('per-host mode (consumer.hosts)', async () => {
+  const broker = await testBroker();
+  const mine = 'CMP-07.example.org';
+  const consumer = await startConsumer({
+    amqpUrl: broker.url,
+    dbUrl: tempSqliteUrl(),
+    env: {
+      VIRTBUS_CONSUMER_HOSTS: mine,
+      VIRTBUS_CONSUMER_QUEUE: 'per-host',
+      VIRTBUS_CONSUMER_RESULT_QUEUE: 'per-host.results',
+    },
+  });
+  const bus = await Bus.open(broker.url, consumer.config);
+  const events = new EventFactory();
+
+  it('binds <host-segment>.* for its hosts and receives nothing else', async () => {
+    const [ours, theirs] = [randomUUID(), randomUUID()];
+    await consumer.store.upsert([
+      instance({ uuid: ours, host: mine, vm_state: 'active', power_state: 1 }),
+      instance({ uuid: theirs, host: 'cmp-08', vm_state: 'active', power_state: 1 }),
+    ]);
+    const other = events.event('cmp-08', theirs, 'paused', 3);
+    const own = events.event(mine, ours, 'paused', 3);
+    await bus.publishLifecycle(consumer.config.amqp.exchange, [other, own]);
+    await consumer.waitProcessed(own.event_id);
+    await sleep(300);
+    assert.equal((await row(consumer.store, ours)).power_state, 3);
+    assert.equal((await row(consumer.store, theirs)).power_state, 1, 'not bound to cmp-08.*');
+    assert.ok(!consumer.processed.some((p) => p.messageId === other.event_id));
+  });
+});
