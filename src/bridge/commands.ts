@@ -73,6 +73,10 @@ export function parseStopCommand(body: Buffer): StopCommand | string {
   if (typeof command.expires_at !== 'string' || Number.isNaN(parseIsoMicros(command.expires_at))) {
     return 'expires_at is not an ISO time';
   }
+  const guard = command.only_if_power_states;
+  if (guard !== undefined && (!Array.isArray(guard) || guard.some((code) => !Number.isInteger(code)))) {
+    return 'only_if_power_states is not a list of power-state codes';
+  }
   return command as unknown as StopCommand;
 }
 
@@ -241,6 +245,10 @@ export class CommandExecutor {
       state === PowerState.SHUTDOWN || state === PowerState.CRASHED || state === PowerState.NOSTATE;
     try {
       const before = await live();
+      // Nova's 4b/4c re-check (_stop_unexpected_shutdown_instance): act only if the guest is still in
+      // the state the consumer decided on; a guest restarted meanwhile is left alone.
+      const guard = command.only_if_power_states;
+      if (guard && !guard.includes(before)) return done('skipped', 'none', before, null);
       if (isOff(before)) return done('already_stopped', 'none', before);
       try {
         await connection.shutdown(uuid);

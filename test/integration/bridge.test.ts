@@ -248,7 +248,13 @@ describe('virtbus bridge', () => {
       );
       const running = await driver.defineXML(domainXml('cmd-1'));
       await driver.start(running.uuid);
-      const send = (id: string, uuid: string, action: string, expiresInMs = 60000): void => {
+      const send = (
+        id: string,
+        uuid: string,
+        action: string,
+        expiresInMs = 60000,
+        onlyIf?: number[],
+      ): void => {
         channel.publish(
           'virtbus.commands',
           commandRoutingKey(HOST),
@@ -262,6 +268,7 @@ describe('virtbus bridge', () => {
               reason: 'test',
               issued_at: isoMicros(nowMicros()),
               expires_at: isoMicros(nowMicros() + expiresInMs * 1000),
+              ...(onlyIf ? { only_if_power_states: onlyIf } : {}),
             }),
           ),
           { persistent: true },
@@ -273,12 +280,19 @@ describe('virtbus bridge', () => {
       send('c-again', running.uuid, 'stop');
       send('c-expired', running.uuid, 'stop', -1000);
       while (results.length < 3 && Date.now() < deadline) await sleep(50);
+      assert.equal((await driver.domainState(running.uuid)).state, 5, 'force_stop shut the domain off');
+      // The 4b re-check: "stop only if still shut off" for a guest that was restarted meanwhile.
+      await driver.start(running.uuid);
+      send('c-guarded', running.uuid, 'stop', 60000, [4, 6]);
+      while (results.length < 4 && Date.now() < deadline) await sleep(50);
       const byId = new Map(results.map((r) => [r.command_id, r]));
       assert.equal(byId.get('c-stop')?.outcome, 'stopped');
       assert.equal(byId.get('c-stop')?.power_state, 4);
-      assert.equal((await driver.domainState(running.uuid)).state, 5, 'the domain is shut off');
       assert.equal(byId.get('c-again')?.outcome, 'already_stopped');
       assert.equal(byId.get('c-expired')?.outcome, 'expired');
+      assert.equal(byId.get('c-guarded')?.outcome, 'skipped');
+      assert.equal(byId.get('c-guarded')?.power_state, 1);
+      assert.equal((await driver.domainState(running.uuid)).state, 1, 'the restarted guest was left running');
       assert.equal(byId.get('c-stop')?.schema, 'virtbus.command-result/1');
       assert.equal(byId.get('c-stop')?.host, HOST);
     } finally {
