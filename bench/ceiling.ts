@@ -2,9 +2,9 @@
  * 1. The broker ceiling: a raw amqplib publisher (its own process) sending the bridge's message — same
  * body size, same properties, persistent — on a confirm channel with as many publishes in flight as
  * the bridge allows (amqp.maxInFlight), to the production topology: topic exchange with alternate
- * exchange, and the consumer's durable quorum queue bound `#`. Measured plain (amqplib as is) and
- * corked (bursts in one socket write, as the bridge publishes); the better run of the whole suite is
- * the ceiling every other figure is a ratio of.
+ * exchange, and the consumer's durable quorum queue bound `#`. It refills its window like the bridge's
+ * publisher (after 64 confirms). The best run of the whole suite is the ceiling every other figure is
+ * a ratio of.
  */
 import { declareTopology, purgeQueue } from './lib/amqp';
 import type { BenchContext, BenchResult } from './lib/context';
@@ -13,20 +13,11 @@ import type { PublishResult } from './workers/publisher';
 
 export const IN_FLIGHT = 2000; // amqp.maxInFlight's default, as the bridge publishes
 
-/**
- * One ceiling measurement in `url` (topology declared, queue purged after); adds it to the context.
- * cork: hand each burst of publishes to the socket in one write, as the bridge's publisher does
- * (plain amqplib writes every message separately); the ceiling is the better of the two.
- */
-export async function measureCeiling(
-  ctx: BenchContext,
-  url: string,
-  count: number,
-  cork: boolean,
-): Promise<PublishResult> {
+/** One ceiling measurement in `url` (topology declared, queue purged after); adds it to the context. */
+export async function measureCeiling(ctx: BenchContext, url: string, count: number): Promise<PublishResult> {
   const worker = ctx.worker('publisher');
   try {
-    const result = await worker.call<PublishResult>('ceiling', { url, count, window: IN_FLIGHT, cork });
+    const result = await worker.call<PublishResult>('ceiling', { url, count, window: IN_FLIGHT });
     ctx.ceilingRuns.push(result.rate);
     return result;
   } finally {
@@ -39,9 +30,8 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
   const count = ctx.options.quick ? 20_000 : 100_000;
   const url = await ctx.vhost('ceiling');
   await declareTopology(url);
-  const runs: Array<PublishResult & { cork: boolean }> = [];
-  for (let i = 0; i < 2; i += 1)
-    for (const cork of [false, true]) runs.push({ ...(await measureCeiling(ctx, url, count, cork)), cork });
+  const runs: PublishResult[] = [];
+  for (let i = 0; i < 2; i += 1) runs.push(await measureCeiling(ctx, url, count));
   const best = Math.max(...runs.map((r) => r.rate));
   return {
     id: '1',

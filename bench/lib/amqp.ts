@@ -4,7 +4,6 @@
  * default — bound `#`), a representative lifecycle message, and a raw confirmed publisher.
  */
 import { randomUUID } from 'node:crypto';
-import type { Writable } from 'node:stream';
 import { connect, type ConfirmChannel } from 'amqplib';
 import { assertTopology, type Topology } from '../../src/amqp/topology';
 import { loadConfig } from '../../src/config/load';
@@ -133,22 +132,7 @@ export function publishConfirmed(
   count: number,
   window: number,
   item: (i: number) => PublishItem,
-  options: { readonly cork?: boolean } = {},
 ): Promise<void> {
-  // With cork: each burst of publishes leaves in one socket write, as the bridge's publisher does it.
-  const socket = (channel as unknown as { connection?: { stream?: Writable } }).connection?.stream;
-  let corked = false;
-  const cork = (): void => {
-    if (!options.cork || !socket || corked) return;
-    corked = true;
-    socket.cork();
-    setImmediate(() =>
-      setImmediate(() => {
-        corked = false;
-        socket.uncork();
-      }),
-    );
-  };
   return new Promise<void>((resolve, reject) => {
     let sent = 0;
     let confirmed = 0;
@@ -156,7 +140,6 @@ export function publishConfirmed(
     let blocked = false;
     let failed = false;
     const pump = (): void => {
-      cork();
       while (!blocked && !failed && inFlight < window && sent < count) {
         const next = item(sent);
         sent += 1;

@@ -54,29 +54,28 @@ export interface ResourceUse {
   readonly rssMaxMB: number;
   readonly rssMeanMB: number;
   readonly rssEndMB: number;
-  readonly heapUsedMaxMB: number;
 }
 
-/** Samples this process's RSS and heap every intervalMs and its CPU time between start and stop. */
+/**
+ * Samples this process's RSS every intervalMs (process.memoryUsage.rss(): cheap, unlike a full
+ * memoryUsage()) and its CPU time between start and stop.
+ */
 export class ResourceSampler {
   readonly #startCpu = process.cpuUsage();
   readonly #start = performance.now();
   readonly #timer: NodeJS.Timeout;
   #rssMax = 0;
   #rssSum = 0;
-  #heapMax = 0;
   #n = 0;
 
-  constructor(intervalMs = 50) {
+  constructor(intervalMs = 100) {
     this.#sample();
     this.#timer = setInterval(() => this.#sample(), intervalMs);
   }
 
   #sample(): void {
     const rss = process.memoryUsage.rss();
-    const heap = process.memoryUsage().heapUsed;
     this.#rssMax = Math.max(this.#rssMax, rss);
-    this.#heapMax = Math.max(this.#heapMax, heap);
     this.#rssSum += rss;
     this.#n += 1;
   }
@@ -93,7 +92,6 @@ export class ResourceSampler {
       rssMaxMB: mb(this.#rssMax),
       rssMeanMB: mb(this.#rssSum / this.#n),
       rssEndMB: mb(process.memoryUsage.rss()),
-      heapUsedMaxMB: mb(this.#heapMax),
     };
   }
 }

@@ -9,8 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Bridge } from '../../src/bridge/bridge';
-import { JournalOutbox } from '../../src/bridge/journal-outbox';
-import { MemoryOutbox, type Outbox } from '../../src/bridge/outbox';
+import { openOutbox } from '../../src/bridge/open-outbox';
 import { loadConfig } from '../../src/config/load';
 import { loadNativeBinding } from '../../src/native/binding';
 import { createLogger } from '../../src/util/log';
@@ -177,19 +176,11 @@ serve({
         ...params.env,
       },
     });
-    // The outbox bridge.outbox.* configures (default: the durable journal), built as the bridge builds it.
-    const settings = config.bridge.outbox;
-    const inner: Outbox =
-      settings.kind === 'journal'
-        ? await JournalOutbox.open({
-            dir: settings.dir,
-            maxBytes: settings.maxBytes,
-            segmentBytes: settings.segmentBytes,
-            fsyncIntervalMs: settings.fsyncIntervalMs,
-          })
-        : new MemoryOutbox(settings.memoryCapacity);
+    const logger = createLogger(config.log.level, 'bench-bridge');
+    // The outbox bridge.outbox.* configures (default: the durable journal), as `virtbus bridge` opens it.
+    const inner = await openOutbox(config, logger);
     outbox = new MeasuredOutbox(inner);
-    bridge = new Bridge({ config, binding, logger: createLogger(config.log.level, 'bench-bridge'), outbox });
+    bridge = new Bridge({ config, binding, logger, outbox });
     await bridge.start();
     const box = outbox;
     const up = bridge;
@@ -200,7 +191,7 @@ serve({
       60_000,
       20,
     );
-    return { rssMB: Math.round(process.memoryUsage.rss() / 1048576), outbox: settings.kind };
+    return { rssMB: Math.round(process.memoryUsage.rss() / 1048576), outbox: config.bridge.outbox.kind };
   },
 
   /** Measures the next `events` events, made to happen by someone else (a libvirt driver). */
@@ -222,7 +213,7 @@ serve({
       confirmed: box.confirmed,
       rssMB: Math.round((process.memoryUsage.rss() / 1048576) * 10) / 10,
       heapUsedMB: Math.round((process.memoryUsage().heapUsed / 1048576) * 10) / 10,
-      journalBytes: box.inner instanceof JournalOutbox ? box.inner.bytes : undefined,
+      journalBytes: box.inner.bytes,
       amqpUp: bridge!.amqpUp,
     });
   },

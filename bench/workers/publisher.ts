@@ -26,14 +26,13 @@ async function publish(
   window: number,
   make: (i: number) => { routingKey: string; body: Buffer; messageId: string },
   bodyBytes: number,
-  cork = false,
 ): Promise<PublishResult> {
   const model = await connect(url);
   try {
     const channel = await model.createConfirmChannel();
     const sampler = new ResourceSampler();
     const started = performance.now();
-    await publishConfirmed(channel, count, window, (i) => ({ exchange: EXCHANGE, ...make(i) }), { cork });
+    await publishConfirmed(channel, count, window, (i) => ({ exchange: EXCHANGE, ...make(i) }));
     const seconds = (performance.now() - started) / 1000;
     return { count, seconds, rate: count / seconds, bodyBytes, resources: sampler.stop() };
   } finally {
@@ -42,7 +41,7 @@ async function publish(
 }
 
 serve({
-  async ceiling(params: { url: string; count: number; window: number; cork: boolean }) {
+  async ceiling(params: { url: string; count: number; window: number }) {
     const sample = sampleMessage();
     return publish(
       params.url,
@@ -50,7 +49,6 @@ serve({
       params.window,
       () => ({ routingKey: sample.routingKey, body: sample.body, messageId: randomUUID() }),
       sample.body.length,
-      params.cork,
     );
   },
 
@@ -80,7 +78,6 @@ serve({
         return message;
       },
       0,
-      true,
     );
     return { ...result, bodyBytes: Math.round(bytes / Math.max(1, params.count)) };
   },

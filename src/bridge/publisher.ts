@@ -6,7 +6,6 @@
  * seq), so nothing accepted is lost. Topology is declared on every (re)connect.
  */
 import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
-import type { Writable } from 'node:stream';
 import type { AmqpConnection } from '../amqp/connection';
 import { assertTopology, type Topology } from '../amqp/topology';
 import type { Logger } from '../util/log';
@@ -40,7 +39,6 @@ export class Publisher {
   /** Confirms by transition not yet added to the counter: one labelled increment per burst of acks. */
   readonly #published = new Map<string, number>();
   #countScheduled = false;
-  #corked = false;
 
   constructor(options: PublisherOptions) {
     this.#options = options;
@@ -140,27 +138,6 @@ export class Publisher {
     this.#inFlight = 0;
   }
 
-  /**
-   * amqplib hands every frame to the socket separately (one write syscall per message). Corking the
-   * socket while a burst of publishes is handed over sends the burst in one writev: less CPU here
-   * and larger reads for the broker. amqplib moves frames to the socket from a setImmediate that
-   * these publishes queue, so the socket is uncorked one immediate later. No-op if the channel's
-   * socket cannot be found (amqplib internals).
-   */
-  #cork(channel: ConfirmChannel): void {
-    if (this.#corked) return;
-    const socket = (channel as unknown as { connection?: { stream?: Partial<Writable> } }).connection?.stream;
-    if (typeof socket?.cork !== 'function' || typeof socket.uncork !== 'function') return;
-    this.#corked = true;
-    socket.cork();
-    setImmediate(() =>
-      setImmediate(() => {
-        this.#corked = false;
-        socket.uncork?.();
-      }),
-    );
-  }
-
   #pump(): void {
     if (this.#pumping) return;
     this.#pumping = true;
@@ -174,7 +151,6 @@ export class Publisher {
       ) {
         const records = outbox.readAfter(this.#cursor, Math.min(512, maxInFlight - this.#inFlight));
         if (records.length === 0) break;
-        this.#cork(this.#channel);
         for (const record of records) {
           if (!this.#publish(this.#channel, record)) {
             this.#waitingForDrain = true;
