@@ -1,0 +1,290 @@
+/**
+ * Regenerates docs/message-format.md with real messages captured from a private sandbox: a
+ * libvirtd (test driver), a RabbitMQ node, the real bridge and consumer. Run with
+ * `npm run docs:messages` (after `npm run setup`). Not a test suite: it lives outside the suite
+ * directories test/run.ts hands to node:test.
+ */
+import { connect } from 'amqplib';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { loadNativeBinding } from '../../src/native/binding';
+import { packageRoot } from '../../src/config/load';
+import { startLibvirtd, startRabbitMQ, startVirtbus, VIRTBUS_BIN } from '../../src/sandbox';
+
+interface Captured {
+  readonly exchange: string;
+  readonly routingKey: string;
+  readonly properties: Record<string, unknown>;
+  readonly body: string;
+}
+
+const UUID = '178b0921-8f85-4257-88b6-2e743b5a975c';
+
+async function capture(): Promise<Captured[]> {
+  const [libvirtd, rabbit] = await Promise.all([startLibvirtd(), startRabbitMQ({ name: 'virtbus-capture' })]);
+  const dir = mkdtempSync(join(tmpdir(), 'virtbus-capture-'));
+  const keeper = await loadNativeBinding().openConnection(libvirtd.uri, {
+    readOnly: false,
+    keepaliveInterval: 0,
+    keepaliveCount: 1,
+  });
+  const env = {
+    VIRTBUS_HOST: 'cmp-01.example.org',
+    VIRTBUS_AMQP_URL: rabbit.url,
+    VIRTBUS_LIBVIRT_URI: libvirtd.uri,
+    VIRTBUS_DB_URL: `sqlite:${join(dir, 'virtbus.db')}`,
+    VIRTBUS_STOP_DELAY_MS: '2000',
+    VIRTBUS_LOG_LEVEL: 'info',
+  };
+  const got: Captured[] = [];
+  try {
+    await keeper.defineXML(
+      `<domain type='test'><name>instance-0000002a</name><uuid>${UUID}</uuid><memory>65536</memory><os><type>hvm</type></os></domain>`,
+    );
+    await keeper.start(UUID);
+    const rows = [
+      {
+        uuid: UUID,
+        host: 'cmp-01.example.org',
+        vm_state: 'active',
+        task_state: null,
+        power_state: 1,
+        launched_at: '2026-11-27T08:00:00Z',
+        display_name: 'some-server',
+      },
+    ];
+    writeFileSync(join(dir, 'instances.json'), JSON.stringify(rows));
+    execFileSync(process.execPath, [VIRTBUS_BIN, 'instances', 'import', join(dir, 'instances.json')], {
+      env: { ...process.env, ...env },
+    });
+    const consumer = startVirtbus('consumer', env);
+    await consumer.waitForLog('the consumer', (l) => l.msg === 'consuming');
+    const model = await connect(rabbit.url);
+    const channel = await model.createChannel();
+    const tap = async (exchange: string): Promise<void> => {
+      const { queue } = await channel.assertQueue('', { exclusive: true });
+      await channel.bindQueue(queue, exchange, '#');
+      await channel.consume(
+        queue,
+        (m) =>
+          m &&
+          got.push({
+            exchange,
+            routingKey: m.fields.routingKey,
+            properties: m.properties as unknown as Record<string, unknown>,
+            body: m.content.toString(),
+          }),
+        { noAck: true },
+      );
+    };
+    await tap('virtbus.commands');
+    await tap('nova');
+    await tap('virtbus.dead-letter');
+    let bridge = startVirtbus('bridge', env);
+    await bridge.waitForLog('the bridge', (l) => l.msg === 'publishing channel open');
+    await tap('virtbus.lifecycle');
+    await sleep(300);
+    await keeper.suspend(UUID);
+    await sleep(300);
+    await keeper.resume(UUID);
+    await sleep(300);
+    await keeper.destroy(UUID); // behind the system's back: stopped after 2 s, then Nova's stop
+    await sleep(4000);
+    channel.publish(
+      'virtbus.lifecycle',
+      'cmp-01_example_org.started',
+      Buffer.from('{"schema":"virtbus.lifecycle/1","transition":"started"}'),
+      { persistent: true },
+    );
+    await sleep(1500);
+    await bridge.stop();
+    bridge = startVirtbus('bridge', { ...env, VIRTBUS_AMQP_FORMAT: 'oslo' });
+    await bridge.waitForLog('the bridge', (l) => l.msg === 'publishing channel open');
+    await keeper.start(UUID); // started while the row says stopped: force_stop
+    await sleep(2000);
+    await bridge.stop();
+    await consumer.stop();
+    await model.close();
+  } finally {
+    await keeper.close().catch(() => undefined);
+    await Promise.allSettled([libvirtd.dispose(), rabbit.dispose()]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return got;
+}
+
+function pretty(body: string): string {
+  const value = JSON.parse(body) as Record<string, unknown>;
+  return JSON.stringify(value, null, 2);
+}
+
+function decodeOslo(body: string): string {
+  const value = JSON.parse(body) as Record<string, string>;
+  return JSON.stringify(JSON.parse(value['oslo.message'] ?? '{}'), null, 2);
+}
+
+function properties(m: Captured): string {
+  const keep = ['contentType', 'deliveryMode', 'messageId', 'appId', 'type', 'timestamp', 'headers'];
+  const shown = Object.fromEntries(
+    keep
+      .filter(
+        (k) =>
+          m.properties[k] !== undefined &&
+          !(k === 'headers' && Object.keys(m.properties[k] as object).length === 0),
+      )
+      .map((k) => [k, m.properties[k]]),
+  );
+  return JSON.stringify(shown);
+}
+
+function find(got: Captured[], predicate: (m: Captured) => boolean, what: string): Captured {
+  const found = got.find(predicate);
+  if (!found) throw new Error(`no ${what} captured`);
+  return found;
+}
+
+function render(got: Captured[]): string {
+  const lifecycle = got.filter(
+    (m) => m.exchange === 'virtbus.lifecycle' && !m.body.includes('"oslo.version"') && m.properties.type,
+  );
+  const stopped = find(lifecycle, (m) => m.routingKey.endsWith('.stopped'), 'stopped');
+  const paused = find(lifecycle, (m) => m.routingKey.endsWith('.paused'), 'paused');
+  const oslo = got.filter((m) => m.exchange === 'virtbus.lifecycle' && m.body.includes('"oslo.version"'));
+  const sync = find(
+    oslo,
+    (m) => m.routingKey.endsWith('.sync') && m.body.includes('instance-0000002a'),
+    'sync',
+  );
+  const syncEnd = find(oslo, (m) => m.routingKey.endsWith('.sync_end'), 'sync_end');
+  const started = find(oslo, (m) => m.routingKey.endsWith('.started'), 'oslo started');
+  const stop = find(
+    got,
+    (m) => m.routingKey.endsWith('.stop') && m.body.includes('"action":"stop"'),
+    'stop command',
+  );
+  const forceStop = find(
+    got,
+    (m) => m.routingKey.endsWith('.stop') && m.body.includes('force_stop'),
+    'force_stop command',
+  );
+  const result = find(
+    got,
+    (m) => m.routingKey.endsWith('.stop_result') && m.body.includes('"action":"force_stop"'),
+    'command result',
+  );
+  const notification = find(
+    got,
+    (m) => m.exchange === 'nova' && m.body.includes('\\"old_state\\":\\"active\\",\\"state\\":\\"stopped\\"'),
+    'notification',
+  );
+  const dead = find(got, (m) => m.exchange === 'virtbus.dead-letter', 'dead letter');
+  const block = (title: string, m: Captured, body: string, lang = 'json'): string =>
+    `${title}\n\nexchange \`${m.exchange}\`, routing key \`${m.routingKey}\`, properties \`${properties(m)}\`\n\n\`\`\`${lang}\n${body}\n\`\`\`\n`;
+  return `# Message formats
+
+Every message virtbus puts on the bus, with **real examples captured from a run** of the bridge and
+the consumer against a private libvirtd (test driver) and RabbitMQ node — regenerate them with
+\`npm run docs:messages\` (test/tools/capture-messages.ts). Consumers must ignore fields they do not
+know; a breaking change bumps \`schema\`.
+
+| exchange (type) | routing key | body | from → to |
+|---|---|---|---|
+| \`virtbus.lifecycle\` (topic, alternate exchange \`virtbus.unroutable\`) | \`<host-segment>.<transition>\` | \`virtbus.lifecycle/1\` (or its oslo envelope with \`amqp.format = oslo\`) | bridge → consumers, tail, anyone |
+| \`virtbus.commands\` (topic) | \`<host-segment>.stop\` | \`virtbus.command/1\` | consumer → that host's bridge |
+| \`virtbus.commands\` (topic) | \`<host-segment>.stop_result\` | \`virtbus.command-result/1\` | bridge → consumers |
+| \`nova\` (topic) | \`versioned_notifications.info\` | oslo.messaging v2 envelope, \`instance.update\` | consumer → notification pipelines |
+| \`virtbus.dead-letter\` (topic) | the original routing key | the original body, reason in header \`x-virtbus-reason\` | consumer → operators |
+
+The **host segment** is the host name lower-cased with every character outside \`[a-z0-9_-]\`
+replaced by \`_\` (\`cmp-01.example.org\` → \`cmp-01_example_org\`), so a dotted name stays one topic word.
+
+## Lifecycle messages (\`virtbus.lifecycle/1\`)
+
+Transitions: Nova's \`started stopped paused resumed postcopy_started migration_completed\`
+(\`nova_transition\` carries Nova's name), the lifecycle events Nova drops
+\`defined undefined shutdown pmsuspended crashed\`, \`rebooted\` (VIR_DOMAIN_EVENT_ID_REBOOT) and the
+snapshot pair \`sync\`/\`sync_end\`.
+
+| field | meaning |
+|---|---|
+| \`schema\` | \`virtbus.lifecycle/1\` |
+| \`event_id\` | UUID of this message, also the AMQP \`message_id\`; redeliveries keep it |
+| \`host\` | the bridge's host name (\`host\` setting) |
+| \`instance_uuid\`, \`domain_name\` | the libvirt domain (its UUID is Nova's instance UUID); null in \`sync_end\` |
+| \`transition\`, \`nova_transition\` | see above; \`nova_transition\` is null for transitions Nova ignores |
+| \`libvirt\` | \`{event, detail, event_code, detail_code}\`: libvirt's names and numbers. A code newer than virtbus is carried as its number (the name is the number as a string). REBOOT has \`event_code\` -1 and a null detail; \`sync\` has event \`STATE\` with the virDomainState; null in \`sync_end\` |
+| \`power_state\`, \`power_state_name\` | the domain's **live** state read when the message was dispatched (after any stop delay), in Nova's codes: 0 pending (also: the domain no longer exists), 1 running, 3 paused, 4 shutdown, 6 crashed, 7 suspended. null when libvirt could not be asked (disconnected); a reconnect snapshot follows |
+| \`occurred_at\` | when libvirt called back (taken on the native thread), ISO-8601 UTC with microseconds; for snapshots when the state was read |
+| \`published_at\` | when the message was built (dispatch time) |
+| \`delayed_ms\` | how long a STOPPED was held (Nova's delay, \`bridge.stopDelayMs\`); 0 otherwise |
+| \`seq\`, \`boot_id\` | monotonic per bridge process, and that process' id: a consumer can order and detect gaps |
+| \`snapshot\` | sync/sync_end only: \`{id, reason: start\\|reconnect\\|periodic\\|overflow, count, taken_at}\` |
+| \`instance_uuids\` | sync_end only: every domain in the snapshot |
+
+AMQP properties: persistent, \`content_type\` \`application/json\`, \`message_id\` = \`event_id\`,
+\`timestamp\`, \`app_id\` \`virtbus\`, \`type\` \`virtbus.lifecycle.v1\`; published on a confirm channel
+with \`mandatory\`.
+
+${block("A guest destroyed behind the system's back — `stopped`, held for the 2 s stop delay of this run:", stopped, pretty(stopped.body))}
+${block("A `paused` event, its live `power_state` read at dispatch. Had the guest moved on before then (resumed, destroyed), the live state would say so and the consumer's staleness guard (Nova bug #1468431) would ignore the event, as Nova does:", paused, pretty(paused.body))}
+### Snapshots: \`sync\` … \`sync_end\`
+
+At start, after every libvirt reconnect, every \`bridge.resyncIntervalSeconds\` and after a native
+queue overflow the bridge publishes one \`sync\` per domain and then one \`sync_end\` listing them all.
+A consumer treats rows of that host that are missing from \`instance_uuids\` (and unchanged since
+\`taken_at\`) as domains that vanished (NOSTATE). These were captured with \`amqp.format = oslo\`:
+the body is an oslo.messaging v2 envelope whose \`oslo.message\` is a JSON **string**
+(\`event_type\` \`libvirt.domain.lifecycle\`, \`publisher_id\` \`virtbus:<host>\`); shown decoded:
+
+${block('`sync` (oslo envelope, decoded):', sync, decodeOslo(sync.body))}
+${block('`sync_end` (oslo envelope, decoded):', syncEnd, decodeOslo(syncEnd.body))}
+${block('A `started` in the oslo envelope, raw as it travels:', started, pretty(started.body))}
+## Stop commands and results
+
+Where Nova's \`_sync_instance_power_state\` calls \`compute_api.stop\` (4b, 4c) or \`force_stop\` (4g,
+4h), the consumer (in \`nova\` mode) sets \`task_state = powering-off\` and sends a command to the
+instance's host. The bridge re-reads the live state, honours \`only_if_power_states\` (Nova's re-check
+before stopping; otherwise outcome \`skipped\`), shuts the domain down gracefully and destroys it after
+\`bridge.commands.gracefulTimeoutMs\` (always for \`force_stop\`, for \`stop\` when
+\`bridge.commands.destroyOnTimeout\`), and answers. Outcomes: \`stopped\`, \`already_stopped\`,
+\`skipped\`, \`failed\` (with \`error\`), \`expired\` (arrived after \`expires_at\`, not executed),
+\`refused\` (read-only bridge or commands disabled). The command is acked only after its result is
+confirmed, so a bridge that dies mid-command gets it again.
+
+${block('`stop` (4b: an active instance found shut off):', stop, pretty(stop.body))}
+${block('`force_stop` (4g: a stopped instance found running):', forceStop, pretty(forceStop.body))}
+${block('Its result:', result, pretty(result.body))}
+## Notifications: versioned \`instance.update\`
+
+For every change of power_state, vm_state or task_state the consumer emits Nova's versioned
+\`instance.update\` (\`InstanceUpdatePayload\` 2.1 with \`state_update\`, power_state as a string,
+\`nova_object.*\` keys) in the oslo.messaging v2 envelope on exchange \`nova\`, routing key
+\`versioned_notifications.info\`; \`timestamp\` in Python's \`str(utcnow())\` form, \`message_id\` a dashed
+UUID, \`_unique_id\` hex. \`consumer.notifications.enabled = false\` turns them off. Shown decoded
+(the \`oslo.message\` string parsed): the stop completing, \`active\` → \`stopped\`:
+
+${block('`instance.update`:', notification, decodeOslo(notification.body))}
+## Dead letters
+
+A message the consumer cannot use — not JSON, an unknown or missing schema, missing or ill-typed
+fields, absurd values — is republished unchanged to the dead-letter exchange with the reason, and
+only then acknowledged. Messages that keep failing are dead-lettered by the quorum queue's delivery
+limit (header \`x-death\`).
+
+${block('A lifecycle message without `event_id`:', dead, dead.body)}`;
+}
+
+async function main(): Promise<void> {
+  const got = await capture();
+  const doc = render(got);
+  writeFileSync(join(packageRoot(), 'docs', 'message-format.md'), doc);
+  console.log(`captured ${got.length} messages; wrote docs/message-format.md`);
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});
