@@ -64,8 +64,8 @@ export interface ConsumerMetrics {
 }
 
 export function createConsumerMetrics(registry = new Registry()): ConsumerMetrics {
-  // Prefixed (virtbus_consumer_process_*): the dashboards and docs/operations.md use these names.
-  collectDefaultMetrics({ register: registry, prefix: 'virtbus_consumer_process_' });
+  // Unprefixed, like the bridge's: Prometheus tells the processes apart by their job label.
+  collectDefaultMetrics({ register: registry });
   const registers = [registry];
   return {
     registry,

@@ -38,8 +38,7 @@ const HOST = 'cmp-09.example.org';
  * prom-client's default Node.js metrics that promtool's linter flags: gauges named *_total. They come
  * from the library, not from virtbus; every virtbus_* metric must lint clean.
  */
-const PROM_CLIENT_DEFAULT_LINT =
-  /^(virtbus_consumer_process_)?nodejs_active_(handles|requests|resources)_total /;
+const PROM_CLIENT_DEFAULT_LINT = /^nodejs_active_(handles|requests|resources)_total /;
 
 interface Sample {
   metric: Record<string, string>;
