@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type { VirtbusConfig } from '../config/load';
 import { AmqpConnection, amqpOptionsFromConfig } from '../amqp/connection';
-import { lifecycleExchangeTopology, mergeTopologies } from '../amqp/topology';
+import { lifecycleExchangeTopology } from '../amqp/topology';
 import { LibvirtHost } from '../libvirt/host';
 import { startMetricsServer, type MetricsServer } from '../metrics/server';
 import type { NativeBinding } from '../native/contract';
@@ -88,9 +88,7 @@ export class Bridge {
     this.#publisher = new Publisher({
       connection: this.#amqp,
       outbox: this.#outbox,
-      topology: mergeTopologies(
-        lifecycleExchangeTopology(config.amqp.exchange, config.amqp.unroutableExchange),
-      ),
+      topology: lifecycleExchangeTopology(config.amqp.exchange, config.amqp.unroutableExchange),
       maxInFlight: config.amqp.maxInFlight,
       metrics: this.metrics,
       logger: logger.child({ module: 'publisher' }),

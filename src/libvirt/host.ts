@@ -35,6 +35,7 @@ export class LibvirtHost extends EventEmitter<LibvirtHostEvents> {
   #loop: Promise<void> | undefined;
   #lost: (() => void) | undefined;
   #reconnects = 0;
+  #lostReason = '';
 
   constructor(options: LibvirtHostOptions) {
     super();
@@ -64,11 +65,6 @@ export class LibvirtHost extends EventEmitter<LibvirtHostEvents> {
     this.#markLost(`closed by libvirt (${nameOrNumber(CLOSE_REASON_NAMES, event.reason)})`);
   }
 
-  /** A libvirt call failed in a way that says the connection is gone (see isConnectionError). */
-  reportBroken(reason: string): void {
-    if (this.#connection && !this.#connection.isAlive()) this.#markLost(reason);
-  }
-
   async close(): Promise<void> {
     this.#abort.abort();
     this.#lost?.();
@@ -81,11 +77,9 @@ export class LibvirtHost extends EventEmitter<LibvirtHostEvents> {
   #markLost(reason: string): void {
     if (!this.#connection) return;
     this.#options.logger.warn({ reason }, 'libvirt connection lost');
-    this.#lost?.();
     this.#lostReason = reason;
+    this.#lost?.();
   }
-
-  #lostReason = '';
 
   async #run(): Promise<void> {
     const { binding, uri, open, logger } = this.#options;
