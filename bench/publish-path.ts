@@ -23,13 +23,14 @@ export async function bridgeRun(
   params: Record<string, unknown>,
   env: Record<string, string> = {},
   timeoutMs = 180_000,
-): Promise<BridgeRunResult & { startRssMB: number }> {
+): Promise<BridgeRunResult & { startRssMB: number; heap: unknown }> {
   const worker = ctx.worker('bridge');
   try {
     const started = await worker.call<{ rssMB: number }>('start', { amqpUrl: url, libvirtUri, env });
     const result = await worker.call<BridgeRunResult>(method, params, timeoutMs);
+    const heap = await worker.call('heap');
     await worker.call('stop', {}, 30_000);
-    return { ...result, startRssMB: started.rssMB };
+    return { ...result, startRssMB: started.rssMB, heap };
   } finally {
     await worker.close();
     await purgeQueue(url);
@@ -76,6 +77,12 @@ export function summary(r: BridgeRunResult): Record<string, unknown> {
       max: round(r.latencyMs.max, 2),
     },
     histogramMs: r.histogramMs,
+    stagesMs: Object.fromEntries(
+      Object.entries(r.stagesMs).map(([stage, d]) => [
+        stage,
+        d && { p50: round(d.p50, 2), p99: round(d.p99, 2) },
+      ]),
+    ),
   };
 }
 

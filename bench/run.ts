@@ -4,10 +4,12 @@
  * libvirtd/PostgreSQL instances, and prints a table where every rate stands next to that ceiling.
  *
  *   node dist/bench/run.js [--only 1,2,…] [--quick] [--out FILE] [--json] [--profile DIR]
+ *                          [--bridge-flags "--max-semi-space-size=2 …"]
  *
  * --out writes the JSON results (default dist/bench/results.json); --json prints them on stdout
  * instead of the table (the table then goes to stderr); --profile runs every worker under
- * `node --cpu-prof` into DIR (summarise with `node dist/bench/profile.js DIR/<file>`).
+ * `node --cpu-prof` into DIR (summarise with `node dist/bench/profile.js DIR/<file>`); --bridge-flags
+ * passes node flags to every bridge process (to try deployment settings).
  * VIRTBUS_BENCH_VERBOSE=1 echoes the workers' output.
  */
 import { execFileSync } from 'node:child_process';
@@ -127,6 +129,7 @@ async function main(): Promise<number> {
   const ctx = new BenchContext(rabbit, {
     quick: args.includes('--quick'),
     profileDir: profile ? resolve(profile) : undefined,
+    bridgeFlags: option(args, '--bridge-flags')?.split(' ').filter(Boolean) ?? [],
   });
   const results: BenchResult[] = [];
   const failures: Array<{ id: string; error: string }> = [];

@@ -18,6 +18,8 @@ export interface BenchOptions {
   readonly quick: boolean;
   /** Directory for .cpuprofile files of every worker (node --cpu-prof), or undefined. */
   readonly profileDir: string | undefined;
+  /** Extra node flags for the bridge workers (e.g. --max-semi-space-size=2), to try deployment flags. */
+  readonly bridgeFlags?: readonly string[];
 }
 
 export type Target =
@@ -84,7 +86,7 @@ export class BenchContext {
 
   /** Forks dist/bench/workers/<name>.js (with --cpu-prof into the profile directory when asked). */
   worker(name: string, env: NodeJS.ProcessEnv = {}): Worker {
-    const execArgv: string[] = [];
+    const execArgv: string[] = name === 'bridge' ? [...(this.options.bridgeFlags ?? [])] : [];
     const dir = this.options.profileDir;
     if (dir) {
       mkdirSync(dir, { recursive: true });

@@ -14,6 +14,10 @@ export class MeasuredOutbox implements Outbox {
   bodyBytes = 0;
   /** occurred_at → confirm, milliseconds (only while `measureLatency`). */
   readonly latencies = new Samples();
+  /** occurred_at → append() called (drained, translated, sampled, built), ms. */
+  readonly toAppend = new Samples();
+  /** occurred_at → append() resolved (accepted; durable for the journal), ms. */
+  readonly toDurable = new Samples();
   measureLatency = false;
   #waiters: Array<{ count: number; resolve: () => void }> = [];
 
@@ -34,7 +38,14 @@ export class MeasuredOutbox implements Outbox {
   append(inputs: readonly OutboxInput[]): Promise<void> {
     this.appended += inputs.length;
     for (const input of inputs) this.bodyBytes += input.body.length;
-    return this.inner.append(inputs);
+    const appended = this.inner.append(inputs);
+    if (!this.measureLatency) return appended;
+    const now = nowMicros();
+    for (const input of inputs) this.toAppend.push((now - input.occurredMicros) / 1000);
+    return appended.then(() => {
+      const done = nowMicros();
+      for (const input of inputs) this.toDurable.push((done - input.occurredMicros) / 1000);
+    });
   }
 
   readAfter(afterId: number, max: number): OutboxRecord[] {

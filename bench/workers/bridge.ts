@@ -8,6 +8,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { Bridge } from '../../src/bridge/bridge';
 import { openOutbox } from '../../src/bridge/open-outbox';
 import { loadConfig } from '../../src/config/load';
@@ -40,6 +41,8 @@ export interface BridgeRunResult {
   readonly injectSeconds: number;
   readonly bodyBytes: number;
   readonly latencyMs: Distribution | null;
+  /** occurred_at → the dispatcher's append() call, and → its resolution (durable for the journal). */
+  readonly stagesMs: { toAppend: Distribution | null; toDurable: Distribution | null };
   /** The bridge's own histogram over the same run (bucket-interpolated), for comparison. */
   readonly histogramMs: { p50: number | null; p99: number | null };
   readonly queueHighWater: number;
@@ -84,6 +87,8 @@ async function begin(events: number, latency: boolean): Promise<void> {
   const box = outbox!;
   await waitUntil('an idle outbox before the run', () => box.depth === 0, 60_000, 10);
   box.latencies.clear();
+  box.toAppend.clear();
+  box.toDurable.clear();
   box.measureLatency = latency;
   const run: Run = {
     events,
@@ -136,6 +141,10 @@ async function end(timeoutMs: number, events?: number): Promise<BridgeRunResult>
     injectSeconds: (run.injected - run.started) / 1000,
     bodyBytes: Math.round((box.bodyBytes - run.bytesBefore) / Math.max(1, box.appended - run.appendedBefore)),
     latencyMs: distribution(box.latencies.values()),
+    stagesMs: {
+      toAppend: distribution(box.toAppend.values()),
+      toDurable: distribution(box.toDurable.values()),
+    },
     histogramMs: { p50: q(0.5), p99: q(0.99) },
     queueHighWater: stats.highWater,
     dropped: stats.dropped - run.droppedBefore,
@@ -202,6 +211,26 @@ serve({
 
   end(params: { timeoutMs: number; events?: number }) {
     return end(params.timeoutMs, params.events);
+  },
+
+  /** V8 heap spaces (MB, committed/used) and external memory: where the RSS goes. */
+  heap() {
+    const spaces = Object.fromEntries(
+      getHeapSpaceStatistics().map((space) => [
+        space.space_name,
+        {
+          committedMB: Math.round((space.physical_space_size / 1048576) * 10) / 10,
+          usedMB: Math.round((space.space_used_size / 1048576) * 10) / 10,
+        },
+      ]),
+    );
+    const usage = process.memoryUsage();
+    return Promise.resolve({
+      rssMB: Math.round((usage.rss / 1048576) * 10) / 10,
+      externalMB: Math.round((usage.external / 1048576) * 10) / 10,
+      arrayBuffersMB: Math.round((usage.arrayBuffers / 1048576) * 10) / 10,
+      spaces,
+    });
   },
 
   /** Outbox and process figures right now (for memory while the broker is away). */
