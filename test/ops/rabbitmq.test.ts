@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type ConfirmChannel } from 'amqplib';
@@ -349,7 +349,12 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
     scratch = mkdtempSync(join(tmpdir(), 'virtbus-defs-'));
     onTeardown(() => Promise.resolve(rmSync(scratch, { recursive: true, force: true })));
     dbUrl = `sqlite:${join(scratch, 'instances.db')}`;
-    await node.ctl('import_definitions', DEFINITIONS);
+    // The broker reads the file as user rabbitmq, which may not traverse the checkout (say, under
+    // /root): hand it a copy in the node's own directory.
+    const readable = join(node.dir, 'definitions.json');
+    copyFileSync(DEFINITIONS, readable);
+    chmodSync(readable, 0o644);
+    await node.ctl('import_definitions', readable);
     driver = await openDriver(libvirtd.uri);
     onTeardown(() => driver.close());
   });
