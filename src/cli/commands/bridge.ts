@@ -1,11 +1,10 @@
 /** `virtbus bridge`: runs the host-side bridge until SIGTERM/SIGINT. */
-import { loadConfig, redactedConfig } from '../../config/load';
 import { loadNativeBinding } from '../../native/binding';
 import { Bridge } from '../../bridge/bridge';
 import { openOutbox } from '../../bridge/open-outbox';
-import { createLogger } from '../../util/log';
-import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
+import { CONFIG_FLAGS } from '../usage';
 import { runUntilSignal } from '../signals';
+import { serviceSetup } from '../service-setup';
 
 const HELP = `Usage: virtbus bridge [config flags]
 
@@ -22,15 +21,9 @@ closes AMQP and libvirt, exits 0.
 `;
 
 export async function run(argv: readonly string[]): Promise<number> {
-  const args = parseArgs(argv, {}, CONFIG_FLAGS);
-  if (args.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
-  if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${args.positionals[0]}`);
-  const config = loadConfig({ role: 'bridge', args: args.configArgs });
-  const logger = createLogger(config.log.level, 'virtbus-bridge');
-  logger.info({ config: redactedConfig(config) }, 'configuration');
+  const setup = serviceSetup(argv, 'bridge', HELP);
+  if ('help' in setup) return 0;
+  const { config, logger } = setup;
   // Open the outbox first: a journal locked by another live bridge is fatal (exit 1, with the reason).
   const outbox = await openOutbox(config, logger);
   const bridge = new Bridge({ config, binding: loadNativeBinding(), logger, outbox });

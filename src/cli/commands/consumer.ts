@@ -4,15 +4,14 @@
  */
 import { hostname } from 'node:os';
 import { AmqpConnection, amqpOptionsFromConfig } from '../../amqp/connection';
-import { loadConfig, redactedConfig } from '../../config/load';
 import { createConsumerMetrics } from '../../consumer/metrics';
 import { ConsumerService } from '../../consumer/service';
 import { startMetricsServer, type MetricsServer } from '../../metrics/server';
 import { openStore } from '../../store/open';
 import type { InstanceStore } from '../../store/types';
-import { createLogger } from '../../util/log';
 import { runUntilSignal } from '../signals';
-import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
+import { serviceSetup } from '../service-setup';
+import { CONFIG_FLAGS } from '../usage';
 
 const HELP = `Usage: virtbus consumer [config flags]
 
@@ -42,15 +41,9 @@ Exit codes: 0 clean stop, 2 bad configuration or usage, 1 other fatal errors.
 `;
 
 export async function run(argv: readonly string[]): Promise<number> {
-  const args = parseArgs(argv, {}, CONFIG_FLAGS);
-  if (args.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
-  if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${args.positionals[0]}`);
-  const config = loadConfig({ role: 'consumer', args: args.configArgs });
-  const logger = createLogger(config.log.level, 'virtbus-consumer');
-  logger.info({ config: redactedConfig(config) }, 'configuration');
+  const setup = serviceSetup(argv, 'consumer', HELP);
+  if ('help' in setup) return 0;
+  const { config, logger } = setup;
   let store: InstanceStore;
   try {
     store = openStore(config.db, logger.child({ module: 'store' }), 'virtbus-consumer');
