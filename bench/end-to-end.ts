@@ -6,10 +6,12 @@
  *
  * - flat out: the drivers go as fast as libvirtd lets them; lag = last broker confirm (and last
  *   database commit) after the drivers' last operation returned;
- * - at half the broker ceiling's rate: p50/p99 of occurred_at → broker confirm (measured at the
- *   bridge's confirm, as virtbus_event_to_confirm_seconds) and occurred_at → database commit
- *   (measured at the consumer's committed row write, as virtbus_event_to_sync_seconds); the bridge's
- *   RSS at that steady load.
+ * - at half the broker ceiling's rate (as far as libvirtd goes): p50/p99 of occurred_at → broker
+ *   confirm (measured at the bridge's confirm, as virtbus_event_to_confirm_seconds) and occurred_at
+ *   → database commit (measured at the consumer's committed row write, as
+ *   virtbus_event_to_sync_seconds);
+ * - the same at half the rate this whole pipeline sustained flat out on this machine, where nothing
+ *   is saturated; the bridge's RSS at that steady load.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -85,14 +87,18 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
   ).flat();
   const dir = mkdtempSync(join(tmpdir(), 'virtbus-bench-e2e-'));
   const dbUrl = `sqlite:${join(dir, 'instances.db')}`;
-  const bridge = ctx.worker('bridge');
+  let bridge = ctx.worker('bridge');
   const consumer = ctx.worker('consumer');
+  /** A bridge process, up once the consumer has applied its start snapshot (a sync per domain and a sync_end). */
+  const startBridge = async (): Promise<void> => {
+    await consumer.call('mark');
+    await bridge.call('start', { amqpUrl: url, libvirtUri: libvirtd.uri });
+    await consumer.call('wait', { count: uuids.length + 1, timeoutMs: 60_000 }, 90_000);
+  };
   try {
     await consumer.call('seed', { amqpUrl: url, dbUrl, count: uuids.length, uuids });
     await consumer.call('start', { amqpUrl: url, dbUrl });
-    await bridge.call('start', { amqpUrl: url, libvirtUri: libvirtd.uri });
-    // The start snapshot (a sync per domain and a sync_end) reaches the consumer first.
-    await consumer.call('wait', { count: uuids.length + 1, timeoutMs: 60_000 }, 90_000);
+    await startBridge();
 
     // Flat out.
     await consumer.call('mark');
@@ -105,25 +111,41 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
     );
     const fastConsumer = await consumed(consumer, fast.events, 240_000);
 
-    // At half the ceiling's rate.
+    // Paced: at half the ceiling's rate (as far as libvirtd goes), then at half of what this whole
+    // pipeline sustained flat out on this machine (its own operating point, below saturation).
+    const pacedRun = async (rate: number) => {
+      const events = Math.round(rate * pacedSeconds);
+      await consumer.call('mark');
+      await bridge.call('begin', { events, latency: true });
+      const driven = await drive(drivers, libvirtd.uri, uuids, events, rate);
+      const atBridge = await bridge.call<BridgeRunResult>(
+        'end',
+        { timeoutMs: 120_000, events: driven.events },
+        180_000,
+      );
+      const atConsumer = await consumed(consumer, driven.events, 240_000);
+      return { asked: rate, driven, bridge: atBridge, consumer: atConsumer };
+    };
+    // A fresh bridge process, so that its RSS is that of this steady load, not of the flat-out backlog.
+    await bridge.call('stop', {}, 30_000);
+    await bridge.close();
+    bridge = ctx.worker('bridge');
+    await startBridge();
+    const sustained = Math.min(fast.rate, fastBridge.rate, fastConsumer.rate);
+    const atOwn = await pacedRun(Math.round(sustained / 2));
     const half = Math.round(ctx.ceiling / 2);
-    const pacedEvents = Math.round(half * pacedSeconds);
-    await consumer.call('mark');
-    await bridge.call('begin', { events: pacedEvents, latency: true });
-    const paced = await drive(drivers, libvirtd.uri, uuids, pacedEvents, half);
-    const pacedBridge = await bridge.call<BridgeRunResult>(
-      'end',
-      { timeoutMs: 120_000, events: paced.events },
-      180_000,
-    );
-    const pacedConsumer = await consumed(consumer, paced.events, 240_000);
+    const atHalf = await pacedRun(half);
+    const paced = atHalf.driven;
+    const pacedBridge = atHalf.bridge;
+    const pacedConsumer = atHalf.consumer;
     await bridge.call('stop', {}, 30_000);
     await consumer.call('stop', {}, 30_000);
 
+    const own = Math.round(atOwn.driven.rate);
     const lag = (atMs: number): number => round(Math.max(0, atMs - fast.finishedAtMs) / 1000, 2);
     const pacedNote =
       paced.rate < half * 0.9
-        ? `libvirtd reached only ${Math.round(paced.rate)}/s of the ${half}/s asked for (½ ceiling)`
+        ? `at ½ ceiling the drivers reached ${Math.round(paced.rate)}/s of the ${half}/s asked for; flat out the pipeline sustained ${Math.round(sustained)}/s (libvirtd, drivers, bridge, broker and consumer share the CPUs)`
         : undefined;
     return {
       id: '4',
@@ -161,8 +183,23 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
           target: { kind: 'max', value: 100 },
         },
         {
-          label: 'bridge RSS at that steady load (max)',
+          label: 'bridge RSS at that load (max)',
           value: pacedBridge.resources.rssMaxMB,
+          unit: 'MB',
+        },
+        ...(['p50', 'p99'] as const).map((q) => ({
+          label: `at ${own}/s (½ this pipeline's flat-out rate): event → confirm ${q}`,
+          value: atOwn.bridge.latencyMs && round(atOwn.bridge.latencyMs[q], 2),
+          unit: 'ms',
+        })),
+        ...(['p50', 'p99'] as const).map((q) => ({
+          label: `at ${own}/s: event → DB commit ${q}`,
+          value: atOwn.consumer.commitLatencyMs && round(atOwn.consumer.commitLatencyMs[q], 2),
+          unit: 'ms',
+        })),
+        {
+          label: `bridge RSS at ${own}/s (steady load), max`,
+          value: atOwn.bridge.resources.rssMaxMB,
           unit: 'MB',
           target: { kind: 'max', value: 100 },
         },
@@ -172,7 +209,13 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
         drivers: DRIVERS,
         workersPerDriver: WORKERS_PER_DRIVER,
         flatOut: { driven: fast, bridge: summary(fastBridge), consumer: fastConsumer },
-        paced: { asked: half, driven: paced, bridge: summary(pacedBridge), consumer: pacedConsumer },
+        atHalfCeiling: { asked: half, driven: paced, bridge: summary(pacedBridge), consumer: pacedConsumer },
+        atHalfOwnRate: {
+          asked: atOwn.asked,
+          driven: atOwn.driven,
+          bridge: summary(atOwn.bridge),
+          consumer: atOwn.consumer,
+        },
       },
       notes: pacedNote ? [pacedNote] : [],
     };

@@ -8,11 +8,17 @@
  */
 import { declareTopology, purgeQueue } from './lib/amqp';
 import type { BenchContext, BenchResult } from './lib/context';
-import { round } from './lib/stats';
+import { round, type Distribution } from './lib/stats';
 import { measureCeiling } from './ceiling';
 import type { BridgeRunResult } from './workers/bridge';
 
 export const DOMAINS = 1000;
+
+interface LaneResult {
+  readonly latencyMs: Distribution | null;
+  readonly toAppendMs: Distribution | null;
+  readonly toDurableMs: Distribution | null;
+}
 
 /** Starts a bridge worker against `url` and `libvirtUri`, runs `method`, stops it. */
 export async function bridgeRun(
@@ -118,7 +124,32 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
     batch: 1024,
     outbox: 'journal',
   });
+  // The lane's own latency at the same rate, with a 2 ms state query and a broker acking 3 ms after
+  // a publish: what the design costs when neither libvirtd nor the broker competes for the CPU.
+  const lane: Record<string, LaneResult> = {};
+  for (const fsyncIntervalMs of [undefined, 0]) {
+    lane[fsyncIntervalMs === undefined ? 'journalDefault' : 'journalFsyncInterval0'] =
+      await cpu.call<LaneResult>(
+        'lane',
+        {
+          rate: half,
+          seconds: ctx.options.quick ? 2 : 5,
+          domains: DOMAINS,
+          outbox: 'journal',
+          rpcMs: 2,
+          ackDelayMs: 3,
+          fsyncIntervalMs,
+        },
+        120_000,
+      );
+  }
   await cpu.close();
+  const lanePercentiles = (r: LaneResult | undefined) =>
+    r && {
+      toAppend: r.toAppendMs && { p50: round(r.toAppendMs.p50, 2), p99: round(r.toAppendMs.p99, 2) },
+      toDurable: r.toDurableMs && { p50: round(r.toDurableMs.p50, 2), p99: round(r.toDurableMs.p99, 2) },
+      toConfirm: r.latencyMs && { p50: round(r.latencyMs.p50, 2), p99: round(r.latencyMs.p99, 2) },
+    };
   return {
     id: '2',
     title: `Bridge publish path (injector → pump → dispatcher → journal outbox → confirms), ${DOMAINS} domains`,
@@ -148,6 +179,12 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
         note: 'dispatcher + journal outbox + publisher with their metrics, without amqplib encoding and sockets',
       },
       {
+        label: `lane alone at ${half}/s: event → confirm p99 (2 ms state query, 3 ms broker)`,
+        value: lane.journalDefault?.latencyMs ? round(lane.journalDefault.latencyMs.p99, 2) : null,
+        unit: 'ms',
+        note: 'real dispatcher, journal and publisher; fake libvirt and broker with fixed delays',
+      },
+      {
         label: `event → confirm p50 at ${half}/s (½ ceiling, synthetic)`,
         value: paced.latencyMs && round(paced.latencyMs.p50, 2),
         unit: 'ms',
@@ -167,6 +204,10 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
       outbox: 'journal (bridge.outbox.kind default), fsyncIntervalMs default',
       runs: runs.map(summary),
       memoryOutbox: summary(memory),
+      lane: {
+        journalDefault: lanePercentiles(lane.journalDefault),
+        journalFsyncInterval0: lanePercentiles(lane.journalFsyncInterval0),
+      },
       jsOnly: { cpuMicrosPerEvent: round(js.cpuMicrosPerEvent, 2), rate: round(js.rate) },
       paced: { rate: half, seconds, ...summary(paced) },
     },
