@@ -65,6 +65,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
     const accumulate = await injected;
     await ctx.waitFor('the backlog in the outbox', async () => (await poll()).depth >= backlog);
     const full = await poll();
+    const heapFull = await bridge.call('heap');
     const rssFull = rssMax;
     rssMax = 0;
     const restarted = performance.now();
@@ -83,6 +84,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
     const drained = performance.now();
     const drainSeconds = (drained - (drainStart || brokerBack)) / 1000;
     const drainRate = backlog / drainSeconds;
+    const heapDrained = await bridge.call('heap');
     await bridge.call('stop', {}, 60_000);
     await purgeQueue(url);
     return {
@@ -127,6 +129,8 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
           drainSeconds: round(drainSeconds, 1),
           drainRate: round(drainRate),
           final: last,
+          heapAtFullBacklog: heapFull,
+          heapAfterDrain: heapDrained,
         },
       },
       notes: [],
