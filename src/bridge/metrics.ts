@@ -2,7 +2,8 @@
  * The bridge's Prometheus metrics (product contract §5), on a registry of its own. Native queue
  * gauges are read from the addon at scrape time. No UUIDs or domain names as label values.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectProcessMetrics } from '../metrics/process-metrics';
 import type { QueueStats } from '../native/contract';
 
 export interface BridgeMetricSources {
@@ -17,7 +18,7 @@ export interface BridgeMetricSources {
 }
 
 export function createBridgeMetrics(sources: BridgeMetricSources, registry = new Registry()) {
-  collectDefaultMetrics({ register: registry });
+  collectProcessMetrics(registry);
   const gauge = (name: string, help: string, read: () => number): Gauge =>
     new Gauge({
       name,

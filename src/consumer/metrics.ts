@@ -2,7 +2,8 @@
  * The consumer's metrics, on its own prom-client Registry (product.md §5). Label values are small
  * fixed sets (outcomes, actions): never a UUID, host or domain name.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectProcessMetrics } from '../metrics/process-metrics';
 
 /** What happened to a lifecycle or command-result message. */
 export type MessageOutcome =
@@ -65,7 +66,7 @@ export interface ConsumerMetrics {
 
 export function createConsumerMetrics(registry = new Registry()): ConsumerMetrics {
   // Unprefixed, like the bridge's: Prometheus tells the processes apart by their job label.
-  collectDefaultMetrics({ register: registry });
+  collectProcessMetrics(registry);
   const registers = [registry];
   return {
     registry,
