@@ -13,12 +13,21 @@ import type { PublishResult } from './workers/publisher';
 
 export const IN_FLIGHT = 2000; // amqp.maxInFlight's default, as the bridge publishes
 
-/** One ceiling measurement in `url` (topology declared, queue purged after); adds it to the context. */
-export async function measureCeiling(ctx: BenchContext, url: string, count: number): Promise<PublishResult> {
+/**
+ * One ceiling measurement in `url` (topology declared, queue purged after); adds it to the context
+ * unless the publisher is pinned to `pin` (CPU list) for a pinned comparison.
+ */
+export async function measureCeiling(
+  ctx: BenchContext,
+  url: string,
+  count: number,
+  pin?: string,
+): Promise<PublishResult> {
   const worker = ctx.worker('publisher');
   try {
+    if (pin) ctx.pin(worker.pid, pin);
     const result = await worker.call<PublishResult>('ceiling', { url, count, window: IN_FLIGHT });
-    ctx.ceilingRuns.push(result.rate);
+    if (!pin) ctx.ceilingRuns.push(result.rate); // a pinned run measures another configuration
     return result;
   } finally {
     await worker.close();

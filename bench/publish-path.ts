@@ -6,6 +6,7 @@
  * with ceiling runs on the same topology. Also: the same path at half the ceiling's rate (latency
  * occurred_at → confirm, and the RSS of a bridge at steady load).
  */
+import { cpus } from 'node:os';
 import { declareTopology, purgeQueue } from './lib/amqp';
 import type { BenchContext, BenchResult } from './lib/context';
 import { round, type Distribution } from './lib/stats';
@@ -29,9 +30,11 @@ export async function bridgeRun(
   params: Record<string, unknown>,
   env: Record<string, string> = {},
   timeoutMs = 180_000,
+  pin?: string,
 ): Promise<BridgeRunResult & { startRssMB: number; heap: unknown }> {
   const worker = ctx.worker('bridge');
   try {
+    if (pin) ctx.pin(worker.pid, pin);
     const started = await worker.call<{ rssMB: number }>('start', { amqpUrl: url, libvirtUri, env });
     const result = await worker.call<BridgeRunResult>(method, params, timeoutMs);
     const heap = await worker.call('heap');
@@ -47,7 +50,7 @@ export async function bridgeRun(
 export async function syntheticLibvirtd(
   ctx: BenchContext,
   count: number,
-): Promise<{ uri: string; createSeconds: number }> {
+): Promise<{ uri: string; createSeconds: number; pid: number | undefined }> {
   const libvirtd = await ctx.libvirtd();
   const driver = ctx.worker('driver');
   try {
@@ -57,7 +60,7 @@ export async function syntheticLibvirtd(
       300_000,
     );
     await driver.call('close');
-    return { uri: libvirtd.uri, createSeconds: made.seconds };
+    return { uri: libvirtd.uri, createSeconds: made.seconds, pid: libvirtd.pid };
   } finally {
     await driver.close();
   }
@@ -106,6 +109,24 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
   }
   const pairs = runs.map((r, i) => r.rate / ceilings[i]!).sort((a, b) => a - b);
   const best = runs.reduce((a, b) => (b.rate > a.rate ? b : a));
+  // The same pair with the broker pinned to one core and the client (raw publisher, or bridge with its
+  // libvirtd) to the other: the bridge then does not take CPU from the broker, as when RabbitMQ runs
+  // on its own nodes. Shows whether the publish path itself keeps up with the broker.
+  let pinned: { ceiling: number; bridge: BridgeRunResult; paced: BridgeRunResult } | undefined;
+  if (cpus().length >= 2 && ctx.pin(ctx.rabbitPid, '1')) {
+    try {
+      ctx.pin(libvirt.pid, '0');
+      const ceiling = (await measureCeiling(ctx, url, count, '0')).rate;
+      const burst = { count, domains: DOMAINS };
+      const bridge = await bridgeRun(ctx, url, libvirt.uri, 'burst', burst, {}, 180_000, '0');
+      const pacing = { rate: Math.round(ceiling / 2), seconds: ctx.options.quick ? 4 : 8, domains: DOMAINS };
+      const paced = await bridgeRun(ctx, url, libvirt.uri, 'paced', pacing, {}, 180_000, '0');
+      pinned = { ceiling, bridge, paced };
+    } finally {
+      ctx.pin(ctx.rabbitPid, '0-' + String(cpus().length - 1));
+      ctx.pin(libvirt.pid, '0-' + String(cpus().length - 1));
+    }
+  }
   const memory = await bridgeRun(
     ctx,
     url,
@@ -167,6 +188,28 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
         unit: '×',
       },
       {
+        label: 'broker pinned to CPU 1, client to CPU 0: ceiling',
+        value: pinned ? round(pinned.ceiling) : null,
+        unit: 'msg/s',
+      },
+      {
+        label: 'broker pinned to CPU 1, client to CPU 0: bridge / that ceiling',
+        value: pinned ? round(pinned.bridge.rate / pinned.ceiling, 3) : null,
+        unit: '×',
+        target: { kind: 'min', value: 0.9 },
+      },
+      {
+        label: 'pinned, at ½ that ceiling: event → confirm p50',
+        value: pinned?.paced.latencyMs ? round(pinned.paced.latencyMs.p50, 2) : null,
+        unit: 'ms',
+      },
+      {
+        label: 'pinned, at ½ that ceiling: event → confirm p99',
+        value: pinned?.paced.latencyMs ? round(pinned.paced.latencyMs.p99, 2) : null,
+        unit: 'ms',
+        target: { kind: 'max', value: 25 },
+      },
+      {
         label: 'same, memory outbox (bridge.outbox.kind = memory)',
         value: round(memory.rate),
         unit: 'events/s',
@@ -204,6 +247,11 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
       outbox: 'journal (bridge.outbox.kind default), fsyncIntervalMs default',
       runs: runs.map(summary),
       memoryOutbox: summary(memory),
+      pinned: pinned && {
+        ceiling: round(pinned.ceiling),
+        bridge: summary(pinned.bridge),
+        paced: { rate: Math.round(pinned.ceiling / 2), ...summary(pinned.paced) },
+      },
       lane: {
         journalDefault: lanePercentiles(lane.journalDefault),
         journalFsyncInterval0: lanePercentiles(lane.journalFsyncInterval0),

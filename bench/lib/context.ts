@@ -3,7 +3,9 @@
  * vhost per benchmark, a fresh libvirtd or PostgreSQL when asked), the broker ceiling measured so far,
  * worker processes (profiled with --cpu-prof when asked) and the options.
  */
-import { mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import {
   startLibvirtd,
   startPostgres,
@@ -101,6 +103,31 @@ export class BenchContext {
     const worker = Worker.start(name, { execArgv, env });
     this.#cleanups.push(() => worker.close());
     return worker;
+  }
+
+  /**
+   * Pins a process and all its threads to `cpus` (taskset -a -p -c), e.g. the broker to one core and
+   * the client under test to the other, so that they do not compete for CPU. Returns false when it
+   * cannot (no taskset, one CPU).
+   */
+  pin(pid: number | undefined, cpus: string): boolean {
+    if (pid === undefined) return false;
+    try {
+      execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** The RabbitMQ node's VM process id. */
+  get rabbitPid(): number | undefined {
+    try {
+      const pid = Number(readFileSync(join(this.rabbit.dir, 'rabbitmq.pid'), 'utf8').trim());
+      return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Polls `probe` every 100 ms until it holds (or fails after timeoutMs). */
