@@ -45,7 +45,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
   return {
     id: '1',
     title: 'Broker ceiling (raw amqplib, confirmed, persistent)',
-    figures: [{ label: 'broker ceiling', value: round(best), unit: 'msg/s' }],
+    figures: [{ label: 'broker ceiling (best run of the suite)', value: round(best), unit: 'msg/s' }],
     details: {
       count,
       inFlight: IN_FLIGHT,

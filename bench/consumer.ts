@@ -74,7 +74,7 @@ async function drain(
 }
 
 export async function run(ctx: BenchContext): Promise<BenchResult> {
-  const count = ctx.options.quick ? 10_000 : 60_000;
+  const count = ctx.options.quick ? 10_000 : 40_000;
   const dir = mkdtempSync(join(tmpdir(), 'virtbus-bench-sqlite-'));
   const figures: Figure[] = [];
   const details: Record<string, unknown> = { count, instances: INSTANCES };

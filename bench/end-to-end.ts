@@ -72,8 +72,8 @@ async function consumed(consumer: Worker, count: number, timeoutMs: number): Pro
 }
 
 export async function run(ctx: BenchContext): Promise<BenchResult> {
-  const flatOut = ctx.options.quick ? 10_000 : 40_000;
-  const pacedSeconds = ctx.options.quick ? 4 : 10;
+  const flatOut = ctx.options.quick ? 10_000 : 30_000;
+  const pacedSeconds = ctx.options.quick ? 4 : 8;
   const url = await ctx.vhost('e2e');
   await declareTopology(url);
   const libvirtd = await ctx.libvirtd();

@@ -30,7 +30,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
   const libvirt = await syntheticLibvirtd(ctx, DOMAINS);
 
   const half = Math.round(ctx.ceiling / 2);
-  const seconds = ctx.options.quick ? 4 : 10;
+  const seconds = ctx.options.quick ? 4 : 6;
   const steady = await bridgeRun(ctx, url, libvirt.uri, 'paced', { rate: half, seconds, domains: DOMAINS });
 
   const bridge = ctx.worker('bridge');

@@ -96,7 +96,7 @@ export function summary(r: BridgeRunResult): Record<string, unknown> {
 }
 
 export async function run(ctx: BenchContext): Promise<BenchResult> {
-  const count = ctx.options.quick ? 20_000 : 60_000;
+  const count = ctx.options.quick ? 20_000 : 50_000;
   const url = await ctx.vhost('publish');
   await declareTopology(url);
   const libvirt = await syntheticLibvirtd(ctx, DOMAINS);
@@ -136,7 +136,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
     { VIRTBUS_OUTBOX_KIND: 'memory' },
   );
   const half = Math.round(ctx.ceiling / 2);
-  const seconds = ctx.options.quick ? 4 : 10;
+  const seconds = ctx.options.quick ? 4 : 8;
   const paced = await bridgeRun(ctx, url, libvirt.uri, 'paced', { rate: half, seconds, domains: DOMAINS });
   const cpu = ctx.worker('cpu');
   const js = await cpu.call<{ cpuMicrosPerEvent: number; rate: number }>('run', {
