@@ -66,6 +66,10 @@ export async function syntheticLibvirtd(
   }
 }
 
+function median(values: readonly number[]): number {
+  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? Number.NaN;
+}
+
 export function summary(r: BridgeRunResult): Record<string, unknown> {
   return {
     events: r.events,
@@ -103,8 +107,11 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
   const ceilings: number[] = [];
   const runs: BridgeRunResult[] = [];
   // Alternating with ceiling runs, so that both see the same machine (other load comes and goes).
+  const publisherMicros: number[] = [];
   for (let round_ = 0; round_ < 3; round_ += 1) {
-    ceilings.push((await measureCeiling(ctx, url, count)).rate);
+    const ceiling = await measureCeiling(ctx, url, count);
+    ceilings.push(ceiling.rate);
+    publisherMicros.push(((ceiling.resources.cpuPercent / 100) * ceiling.seconds * 1e6) / count);
     runs.push(await bridgeRun(ctx, url, libvirt.uri, 'burst', { count, domains: DOMAINS }));
   }
   const pairs = runs.map((r, i) => r.rate / ceilings[i]!).sort((a, b) => a - b);
@@ -181,6 +188,16 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
         unit: 'events/s',
         vsCeiling: true,
         target: { kind: 'ceiling-ratio-min', value: 0.9 },
+      },
+      {
+        label: 'bridge process CPU per event (that run)',
+        value: round(((best.resources.cpuPercent / 100) * best.seconds * 1e6) / count, 1),
+        unit: 'µs',
+      },
+      {
+        label: 'raw publisher CPU per message (ceiling runs, median)',
+        value: round(median(publisherMicros), 1),
+        unit: 'µs',
       },
       {
         label: 'median of bridge/ceiling in alternating pairs',
