@@ -7,15 +7,19 @@
  * loop with the bridge: compare-and-swap to task_state powering-off, a stop command to the host,
  * completion from its result or a timeout.
  *
- * Every row write is a compare-and-swap on the row version; a lost race re-reads the row and decides
- * again, so concurrent consumers on one PostgreSQL database cannot act twice or move a row back.
- * Every applied lifecycle message records its position (occurred_at, boot_id, seq) in the row; a
- * message that is not newer than that is ignored, which makes redelivery and reordering harmless.
+ * Messages are handled in batches (what the consumer has in hand): one store round reads every row
+ * the batch names, decides each message in delivery order on the row as the previous messages of
+ * the batch left it (a pure, synchronous decision), and writes each changed row once, as a
+ * compare-and-swap on the version it read. A row whose write lost a race (another consumer, an
+ * operator) is re-read and its messages are decided again; nothing a decision implies — logs,
+ * metrics, notifications, stop commands — happens before its row is committed. Every applied
+ * lifecycle message records its position (occurred_at, boot_id, seq) in the row; a message that is
+ * not newer than that is ignored, which makes redelivery and reordering harmless.
  */
 import { PowerState } from '../libvirt/constants';
 import { COMMAND_SCHEMA, newCommandId, type CommandAction, type StopCommand } from '../messages/command';
 import type { Notifier } from '../notify/notifier';
-import type { InstanceRow, InstanceStore } from '../store/types';
+import type { InstanceRow, InstanceStore, RowWrite } from '../store/types';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros, parseIsoMicros } from '../util/time';
 import type { ConsumerMetrics, MessageOutcome, SyncAction } from './metrics';
@@ -38,8 +42,31 @@ export interface HandlerOptions {
   readonly now?: () => number;
 }
 
-/** After this many lost compare-and-swap races on one message, something is wrong: fail it. */
+/** A message for the handler: a validated lifecycle event or stop-command result. */
+export type WorkItem =
+  | { readonly kind: 'lifecycle'; readonly event: LifecycleEventIn }
+  | { readonly kind: 'result'; readonly result: CommandResultIn };
+
+/**
+ * What became of one message: its outcome, committed, and a promise that settles once what it
+ * published (notifications, a stop command) is confirmed by the broker or has failed — or the error
+ * it failed with on a database that answers (the caller dead-letters it).
+ */
+export type ItemResult =
+  | { readonly ok: true; readonly outcome: MessageOutcome; readonly published: Promise<void> | undefined }
+  | { readonly ok: false; readonly error: Error };
+
+/**
+ * Runs one store call; the consumer passes a runner that waits out database outages and retries the
+ * call (a failed call wrote nothing, so it is decided again from scratch).
+ */
+export type StoreRunner = <T>(call: () => Promise<T>) => Promise<T>;
+
+/** After this many lost compare-and-swap races on one row, something is wrong: fail its messages. */
 const MAX_CAS_ATTEMPTS = 100;
+
+/** sync_end candidates and expired commands per store round. */
+const ROUND_ROWS = 500;
 
 const SUCCESS_OUTCOMES = new Set(['stopped', 'already_stopped']);
 
@@ -55,6 +82,43 @@ class CasExhausted extends Error {
   override readonly name = 'CasExhausted';
 }
 
+/** Thrown by a store runner when the consumer is shutting down: the batch ends unacknowledged. */
+export class ShutdownAbort extends Error {
+  override readonly name = 'ShutdownAbort';
+}
+
+/** What one message does to its row, decided on the row as it stands. */
+interface Decision {
+  readonly outcome: MessageOutcome;
+  /** The row after this message, when the message changes it. */
+  readonly next?: InstanceRow;
+  /** After the commit: logs, metrics, notifications, the command; a promise while publishing. */
+  readonly effects?: () => Promise<void> | undefined;
+}
+
+/** One decision to take on one row, within a store round. */
+interface Task {
+  readonly uuid: string;
+  decide(row: InstanceRow | undefined): Decision;
+}
+
+type TaskResult =
+  | { readonly ok: true; readonly decision: Decision; readonly published: Promise<void> | undefined }
+  | { readonly ok: false; readonly error: Error };
+
+const direct: StoreRunner = (call) => call();
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+function joinPublished(promises: ReadonlyArray<Promise<void> | undefined>): Promise<void> | undefined {
+  const pending = promises.filter((promise): promise is Promise<void> => promise !== undefined);
+  if (pending.length === 0) return undefined;
+  if (pending.length === 1) return pending[0];
+  return Promise.all(pending).then(() => undefined);
+}
+
 export class LifecycleHandler {
   readonly #options: HandlerOptions;
   readonly #now: () => number;
@@ -64,109 +128,278 @@ export class LifecycleHandler {
     this.#now = options.now ?? nowMicros;
   }
 
-  /** One lifecycle message; resolves with its outcome once every row change is committed. */
-  async handleLifecycle(event: LifecycleEventIn): Promise<MessageOutcome> {
-    if (event.transition === 'sync_end') return this.#syncEnd(event);
-    if (event.transition === 'sync') return this.#sync(event, event.powerState, true);
-    const expected = expectedPowerState(event.transition);
-    if (expected === null) {
-      this.#options.logger.debug(
-        { uuid: event.instanceUuid, transition: event.transition },
-        'lifecycle event Nova does not act on',
+  /**
+   * A batch of messages, in delivery order (messages of one instance are decided in that order).
+   * Resolves with one result per item once every row change is committed and every effect started;
+   * rejects only when `run` gives up (the consumer is shutting down): then nothing is acknowledged.
+   */
+  async handleBatch(items: readonly WorkItem[], run: StoreRunner = direct): Promise<ItemResult[]> {
+    const results: ItemResult[] = new Array<ItemResult>(items.length);
+    // Messages up to a sync_end are one round; a sync_end (which lists its host's rows) its own.
+    let segment: Array<{ readonly index: number; readonly task: Task }> = [];
+    const flush = async (): Promise<void> => {
+      if (segment.length === 0) return;
+      const current = segment;
+      segment = [];
+      const done = await this.#rounds(
+        current.map((entry) => entry.task),
+        run,
       );
-      return 'ignored';
+      current.forEach((entry, position) => {
+        const result = done[position] as TaskResult;
+        results[entry.index] = result.ok
+          ? { ok: true, outcome: result.decision.outcome, published: result.published }
+          : result;
+      });
+    };
+    for (let index = 0; index < items.length; index += 1) {
+      const item = items[index] as WorkItem;
+      if (item.kind === 'result') {
+        segment.push({ index, task: this.#resultTask(item.result) });
+        continue;
+      }
+      const event = item.event;
+      if (event.transition === 'sync_end') {
+        await flush();
+        results[index] = await this.#syncEnd(event, run);
+        continue;
+      }
+      const task = this.#lifecycleTask(event);
+      if (task) segment.push({ index, task });
+      else results[index] = { ok: true, outcome: 'ignored', published: undefined };
     }
-    return this.#sync(event, expected, false);
+    await flush();
+    return results;
+  }
+
+  /** One lifecycle message (tests, tools); resolves with its outcome once its changes are committed. */
+  async handleLifecycle(event: LifecycleEventIn, run: StoreRunner = direct): Promise<MessageOutcome> {
+    return this.#single({ kind: 'lifecycle', event }, run);
+  }
+
+  /** One stop-command result; resolves with its outcome once its changes are committed. */
+  async handleResult(result: CommandResultIn, run: StoreRunner = direct): Promise<MessageOutcome> {
+    return this.#single({ kind: 'result', result }, run);
+  }
+
+  async #single(item: WorkItem, run: StoreRunner): Promise<MessageOutcome> {
+    const [result] = await this.handleBatch([item], run);
+    if (!result) throw new Error('no result');
+    if (!result.ok) throw result.error;
+    await result.published;
+    return result.outcome;
+  }
+
+  /**
+   * Store rounds until every task is decided on a row its write did not lose: each round reads the
+   * rows of the pending tasks, decides their tasks in order (chaining the tasks of one row), writes
+   * each changed row once, then — committed — runs the effects of the rows it wrote and of the
+   * decisions that wrote nothing. Rows that lost their compare-and-swap go round again. A round that
+   * fails on a database that answers is split, task by task, so only the culprit fails.
+   */
+  async #rounds(tasks: readonly Task[], run: StoreRunner): Promise<TaskResult[]> {
+    const results: TaskResult[] = new Array<TaskResult>(tasks.length);
+    let pending: number[] = tasks.map((_, index) => index);
+    for (let attempt = 1; pending.length > 0 && attempt <= MAX_CAS_ATTEMPTS; attempt += 1) {
+      const byUuid = new Map<string, number[]>();
+      for (const index of pending) {
+        const uuid = (tasks[index] as Task).uuid;
+        const list = byUuid.get(uuid);
+        if (list) list.push(index);
+        else byUuid.set(uuid, [index]);
+      }
+      const decisions = new Map<number, Decision>();
+      let lost: ReadonlySet<string>;
+      try {
+        lost = await run(() =>
+          this.#options.store.apply([...byUuid.keys()], (rows) => {
+            decisions.clear();
+            const writes: RowWrite[] = [];
+            for (const [uuid, indexes] of byUuid) {
+              const original = rows.get(uuid);
+              let current = original;
+              for (const index of indexes) {
+                const decision = (tasks[index] as Task).decide(current);
+                decisions.set(index, decision);
+                if (decision.next) current = decision.next;
+              }
+              if (original && current && current !== original)
+                writes.push({
+                  row: { ...current, version: original.version + 1 },
+                  expected: original.version,
+                });
+            }
+            return writes;
+          }),
+        );
+      } catch (error) {
+        if (error instanceof ShutdownAbort) throw error;
+        if (pending.length === 1) {
+          results[pending[0] as number] = { ok: false, error: asError(error) };
+          return results;
+        }
+        // Decide each task on its own, in order, so that one bad message fails alone.
+        for (const index of pending) {
+          const [single] = await this.#rounds([tasks[index] as Task], run);
+          results[index] = single as TaskResult;
+        }
+        return results;
+      }
+      const retry: number[] = [];
+      for (const index of pending) {
+        if (lost.has((tasks[index] as Task).uuid)) {
+          retry.push(index);
+          continue;
+        }
+        const decision = decisions.get(index) as Decision;
+        results[index] = { ok: true, decision, published: decision.effects?.() };
+      }
+      if (lost.size > 0) this.#options.metrics.casRetries.inc(lost.size);
+      pending = retry;
+    }
+    for (const index of pending) {
+      const uuid = (tasks[index] as Task).uuid;
+      results[index] = {
+        ok: false,
+        error: new CasExhausted(`instance ${uuid}: lost ${MAX_CAS_ATTEMPTS} compare-and-swap races in a row`),
+      };
+    }
+    return results;
   }
 
   /**
    * handle_lifecycle_event (periodic = false; vmPowerState = the transition's expected state) or
-   * _query_driver_power_state_and_sync (periodic = true; vmPowerState = the snapshot's live state).
+   * _query_driver_power_state_and_sync (`sync`: periodic = true; vmPowerState = the snapshot's live
+   * state). Undefined for transitions Nova does not act on.
    */
-  async #sync(
+  #lifecycleTask(event: LifecycleEventIn): Task | undefined {
+    const periodic = event.transition === 'sync';
+    const vmPowerState = periodic ? event.powerState : expectedPowerState(event.transition);
+    if (!periodic && vmPowerState === null) {
+      this.#options.logger.debug(
+        { uuid: event.instanceUuid, transition: event.transition },
+        'lifecycle event Nova does not act on',
+      );
+      return undefined;
+    }
+    const uuid = event.instanceUuid as string;
+    return { uuid, decide: (row) => this.#decideSync(event, row, uuid, vmPowerState, periodic) };
+  }
+
+  #decideSync(
     event: LifecycleEventIn,
+    row: InstanceRow | undefined,
+    uuid: string,
     vmPowerState: number | null,
     periodic: boolean,
-  ): Promise<MessageOutcome> {
-    const { store, logger, metrics } = this.#options;
-    const uuid = event.instanceUuid as string;
-    for (let attempt = 1; attempt <= MAX_CAS_ATTEMPTS; attempt += 1) {
-      const row = await store.get(uuid);
-      // read_deleted='yes' on the event path; the periodic path lists the host's non-deleted rows.
-      if (!row || (periodic && row.vm_state === 'deleted')) {
-        logger.debug({ uuid, transition: event.transition }, 'event arrived for non-existent instance');
-        return 'not_found';
-      }
-      if (isNotNewer(event, row)) return 'out_of_order';
-      if (vmPowerState === null || (!periodic && event.powerState !== vmPowerState)) {
-        // Staleness guard (bug #1468431): a later event describes the current state.
-        logger.debug(
-          { uuid, transition: event.transition, live: event.powerState, expected: vmPowerState },
-          'stale lifecycle event: the live power state differs; dropped',
-        );
-        return 'stale';
-      }
-      if (row.host !== event.host) {
-        logger.info(
-          { uuid, src: row.host, dst: event.host },
-          'During the sync_power process the instance has moved from host src to host dst',
-        );
-        return 'skipped_host';
-      }
-      if (row.task_state !== null) {
-        logger.info(
-          { uuid, task_state: row.task_state },
-          'During sync_power_state the instance has a pending task. Skip.',
-        );
-        return 'skipped_task';
-      }
-      if (await this.#applySync(row, event, vmPowerState)) return 'synced';
-      metrics.casRetries.inc();
+  ): Decision {
+    const { logger } = this.#options;
+    // read_deleted='yes' on the event path; the periodic path lists the host's non-deleted rows.
+    if (!row || (periodic && row.vm_state === 'deleted'))
+      return {
+        outcome: 'not_found',
+        effects: () => {
+          logger.debug({ uuid, transition: event.transition }, 'event arrived for non-existent instance');
+          return undefined;
+        },
+      };
+    if (isNotNewer(event, row)) return { outcome: 'out_of_order' };
+    if (vmPowerState === null || (!periodic && event.powerState !== vmPowerState))
+      // Staleness guard (bug #1468431): a later event describes the current state.
+      return {
+        outcome: 'stale',
+        effects: () => {
+          logger.debug(
+            { uuid, transition: event.transition, live: event.powerState, expected: vmPowerState },
+            'stale lifecycle event: the live power state differs; dropped',
+          );
+          return undefined;
+        },
+      };
+    if (row.host !== event.host) {
+      const src = row.host;
+      return {
+        outcome: 'skipped_host',
+        effects: () => {
+          logger.info(
+            { uuid, src, dst: event.host },
+            'During the sync_power process the instance has moved from host src to host dst',
+          );
+          return undefined;
+        },
+      };
     }
-    throw new CasExhausted(`instance ${uuid}: lost ${MAX_CAS_ATTEMPTS} compare-and-swap races in a row`);
+    if (row.task_state !== null) {
+      const task = row.task_state;
+      return {
+        outcome: 'skipped_task',
+        effects: () => {
+          logger.info(
+            { uuid, task_state: task },
+            'During sync_power_state the instance has a pending task. Skip.',
+          );
+          return undefined;
+        },
+      };
+    }
+    return this.#applySync(row, event, vmPowerState, 'synced');
   }
 
   /**
    * sync_end: rows of this host that the snapshot does not list, and that did not change since it
    * was taken, are domains the hypervisor no longer has — the periodic sync sees NOSTATE.
    */
-  async #syncEnd(event: LifecycleEventIn): Promise<MessageOutcome> {
+  async #syncEnd(event: LifecycleEventIn, run: StoreRunner): Promise<ItemResult> {
     const { store, metrics } = this.#options;
     const listed = new Set(event.instanceUuids ?? []);
     const takenUs = event.snapshot?.takenUs ?? event.occurredUs;
-    const rows = await store.list({ host: event.host });
-    for (const candidate of rows) {
-      if (listed.has(candidate.uuid)) continue;
-      let row: InstanceRow | undefined = candidate;
-      for (let attempt = 1; row && attempt <= MAX_CAS_ATTEMPTS; attempt += 1) {
-        const unchanged =
-          parseIsoMicros(row.updated_at) <= takenUs &&
-          (row.event_at_us === null || row.event_at_us <= takenUs);
-        if (
-          row.host !== event.host ||
-          row.vm_state === 'deleted' ||
-          row.task_state !== null ||
-          !unchanged ||
-          isNotNewer(event, row)
-        )
-          break;
-        if (await this.#applySync(row, event, PowerState.NOSTATE)) {
-          metrics.syncActions.inc({ action: 'vanished' });
-          break;
-        }
-        metrics.casRetries.inc();
-        row = await store.get(candidate.uuid);
+    const candidates = (await run(() => store.list({ host: event.host }))).filter(
+      (row) => !listed.has(row.uuid),
+    );
+    const published: Array<Promise<void> | undefined> = [];
+    for (let start = 0; start < candidates.length; start += ROUND_ROWS) {
+      const tasks = candidates.slice(start, start + ROUND_ROWS).map((candidate): Task => ({
+        uuid: candidate.uuid,
+        decide: (row) => {
+          if (
+            !row ||
+            row.host !== event.host ||
+            row.vm_state === 'deleted' ||
+            row.task_state !== null ||
+            parseIsoMicros(row.updated_at) > takenUs ||
+            (row.event_at_us !== null && row.event_at_us > takenUs) ||
+            isNotNewer(event, row)
+          )
+            return { outcome: 'sync_end' };
+          const decision = this.#applySync(row, event, PowerState.NOSTATE, 'sync_end');
+          return {
+            ...decision,
+            effects: () => {
+              metrics.syncActions.inc({ action: 'vanished' });
+              return decision.effects?.();
+            },
+          };
+        },
+      }));
+      for (const result of await this.#rounds(tasks, run)) {
+        if (!result.ok) return result;
+        published.push(result.published);
       }
     }
-    return 'sync_end';
+    return { ok: true, outcome: 'sync_end', published: joinPublished(published) };
   }
 
   /**
-   * _sync_instance_power_state steps 3–4 on a fresh row whose host matches and that has no task.
-   * Resolves false when the row changed underneath (the caller re-reads and decides again).
+   * _sync_instance_power_state steps 3–4 on a row whose host matches and that has no task: the
+   * power_state write (and the event position), then the §3c branch.
    */
-  async #applySync(row: InstanceRow, event: LifecycleEventIn, vmPowerState: number): Promise<boolean> {
-    const { store, mode, logger, metrics } = this.#options;
+  #applySync(
+    row: InstanceRow,
+    event: LifecycleEventIn,
+    vmPowerState: number,
+    outcome: MessageOutcome,
+  ): Decision {
+    const { mode, logger, metrics, stopTimeoutMs } = this.#options;
     const now = this.#now();
     const nowIso = isoMicros(now);
     const powerChanged = row.power_state !== vmPowerState;
@@ -188,7 +421,7 @@ export class LifecycleHandler {
       if (refusal) {
         actions.push('stop_not_allowed');
       } else if (mode === 'nova') {
-        const ttlMs = Math.max(1, Math.floor(this.#options.stopTimeoutMs / 2));
+        const ttlMs = Math.max(1, Math.floor(stopTimeoutMs / 2));
         const precondition = stopPrecondition(branch.branch);
         command = {
           schema: COMMAND_SCHEMA,
@@ -206,7 +439,7 @@ export class LifecycleHandler {
           task_state: 'powering-off',
           pending_command_id: command.command_id,
           pending_action: action,
-          command_deadline_ms: Math.floor(now / 1000) + this.#options.stopTimeoutMs,
+          command_deadline_ms: Math.floor(now / 1000) + stopTimeoutMs,
           last_action: action,
           last_action_at: nowIso,
           last_error: null,
@@ -220,35 +453,49 @@ export class LifecycleHandler {
     } else if (branch.action !== 'none') {
       actions.push(branch.action);
     }
-    if (!(await store.update(next))) return false;
-
-    metrics.eventToSync.observe(Math.max(0, this.#now() - event.occurredUs) / 1e6);
-    for (const action of actions) metrics.syncActions.inc({ action });
-    const context = {
-      uuid: row.uuid,
-      host: row.host,
-      vm_state: row.vm_state,
-      power_state: vmPowerState,
-      db_power_state: row.power_state,
-      branch: branch.branch,
-      transition: event.transition,
+    const effects = (): Promise<void> | undefined => {
+      metrics.eventToSync.observe(Math.max(0, this.#now() - event.occurredUs) / 1e6);
+      for (const action of actions) metrics.syncActions.inc({ action });
+      if (refusal || command || branch.message) {
+        const context = {
+          uuid: row.uuid,
+          host: row.host,
+          vm_state: row.vm_state,
+          power_state: vmPowerState,
+          db_power_state: row.power_state,
+          branch: branch.branch,
+          transition: event.transition,
+        };
+        if (refusal)
+          logger.warn({ ...context, reason: refusal }, `${branch.message} The stop API refused: ${refusal}`);
+        else if (command)
+          logger.warn({ ...context, command: command.command_id, action: command.action }, branch.message);
+        else if (branch.action === 'stop' || branch.action === 'force_stop')
+          logger.warn({ ...context, mode }, `observe mode: Nova would ${branch.action} (${branch.message})`);
+        else logger.warn(context, branch.message);
+      } else if (logger.isLevelEnabled('debug')) {
+        logger.debug(
+          {
+            uuid: row.uuid,
+            host: row.host,
+            vm_state: row.vm_state,
+            power_state: vmPowerState,
+            db_power_state: row.power_state,
+            branch: branch.branch,
+            transition: event.transition,
+          },
+          'power state synced',
+        );
+      }
+      // (The steps keep the version they were decided on: a notification does not carry it.)
+      const steps: InstanceRow[] = [];
+      if (powerChanged) steps.push(afterPower);
+      if (command) steps.push(next);
+      const notified = steps.length > 0 ? this.#options.notifier.instanceUpdates(row, steps) : undefined;
+      const sent = command ? this.#send(command) : undefined;
+      return sent ? joinPublished([notified, sent]) : notified;
     };
-    if (refusal)
-      logger.warn({ ...context, reason: refusal }, `${branch.message} The stop API refused: ${refusal}`);
-    else if (command)
-      logger.warn({ ...context, command: command.command_id, action: command.action }, branch.message);
-    else if (branch.action === 'stop' || branch.action === 'force_stop')
-      logger.warn({ ...context, mode }, `observe mode: Nova would ${branch.action} (${branch.message})`);
-    else if (branch.message) logger.warn(context, branch.message);
-    else logger.debug(context, 'power state synced');
-
-    const stored = (step: InstanceRow): InstanceRow => ({ ...step, version: row.version + 1 });
-    const steps: InstanceRow[] = [];
-    if (powerChanged) steps.push(stored(afterPower));
-    if (command) steps.push(stored(next));
-    await this.#options.notifier.instanceUpdates(row, steps);
-    if (command) await this.#send(command);
-    return true;
+    return { outcome, next, effects };
   }
 
   async #send(command: StopCommand): Promise<void> {
@@ -271,94 +518,108 @@ export class LifecycleHandler {
    * already_stopped → vm_state stopped, task cleared, power_state from the bridge's live reading;
    * otherwise the task is cleared and the reason recorded (Nova's reverts_task_state).
    */
-  async handleResult(result: CommandResultIn): Promise<MessageOutcome> {
-    const { store, logger, metrics } = this.#options;
-    for (let attempt = 1; attempt <= MAX_CAS_ATTEMPTS; attempt += 1) {
-      const row = await store.get(result.instanceUuid);
-      if (!row || row.pending_command_id !== result.commandId) {
-        logger.info(
-          { uuid: result.instanceUuid, command: result.commandId, outcome: result.outcome },
-          'result for a stop command that is no longer pending (timed out or superseded); ignored',
-        );
-        return 'late_result';
-      }
-      const nowIso = isoMicros(this.#now());
-      const success = SUCCESS_OUTCOMES.has(result.outcome);
-      const next: InstanceRow = {
-        ...row,
-        vm_state: success ? 'stopped' : row.vm_state,
-        task_state: row.task_state === 'powering-off' ? null : row.task_state,
-        power_state: result.powerState ?? row.power_state,
-        pending_command_id: null,
-        pending_action: null,
-        command_deadline_ms: null,
-        last_action: `${result.action}_${success ? 'completed' : result.outcome}`,
-        last_action_at: nowIso,
-        last_error: success ? null : `${result.outcome}: ${result.error ?? 'no detail'}`,
-        updated_at: nowIso,
-      };
-      if (!(await store.update(next))) {
-        metrics.casRetries.inc();
-        continue;
-      }
-      metrics.syncActions.inc({ action: success ? 'stop_completed' : 'stop_failed' });
-      const context = {
-        uuid: row.uuid,
-        command: result.commandId,
-        action: result.action,
-        outcome: result.outcome,
-        method: result.method,
-        power_state: next.power_state,
-      };
-      if (success) logger.info(context, 'stop command completed; instance stopped');
-      else
-        logger.warn(
-          { ...context, error: result.error },
-          'stop command did not stop the instance; task cleared',
-        );
-      await this.#options.notifier.instanceUpdates(row, [{ ...next, version: row.version + 1 }]);
-      return 'command_result';
-    }
-    throw new CasExhausted(
-      `instance ${result.instanceUuid}: lost ${MAX_CAS_ATTEMPTS} compare-and-swap races`,
-    );
-  }
-
-  /** Clears stop commands that passed their deadline without a result; returns how many. */
-  async expireCommands(): Promise<number> {
-    const { store, logger, metrics } = this.#options;
-    const nowMs = Math.floor(this.#now() / 1000);
-    let expired = 0;
-    for (const candidate of await store.expiredCommands(nowMs)) {
-      let row: InstanceRow | undefined = candidate;
-      for (let attempt = 1; row && attempt <= MAX_CAS_ATTEMPTS; attempt += 1) {
-        if (row.pending_command_id !== candidate.pending_command_id) break;
+  #resultTask(result: CommandResultIn): Task {
+    const { logger, metrics } = this.#options;
+    return {
+      uuid: result.instanceUuid,
+      decide: (row) => {
+        if (!row || row.pending_command_id !== result.commandId)
+          return {
+            outcome: 'late_result',
+            effects: () => {
+              logger.info(
+                { uuid: result.instanceUuid, command: result.commandId, outcome: result.outcome },
+                'result for a stop command that is no longer pending (timed out or superseded); ignored',
+              );
+              return undefined;
+            },
+          };
         const nowIso = isoMicros(this.#now());
+        const success = SUCCESS_OUTCOMES.has(result.outcome);
         const next: InstanceRow = {
           ...row,
+          vm_state: success ? 'stopped' : row.vm_state,
           task_state: row.task_state === 'powering-off' ? null : row.task_state,
+          power_state: result.powerState ?? row.power_state,
           pending_command_id: null,
           pending_action: null,
           command_deadline_ms: null,
-          last_action: `${row.pending_action ?? 'stop'}_timeout`,
+          last_action: `${result.action}_${success ? 'completed' : result.outcome}`,
           last_action_at: nowIso,
-          last_error: `timeout: no result for ${row.pending_action ?? 'stop'} command ${row.pending_command_id} within ${this.#options.stopTimeoutMs} ms`,
+          last_error: success ? null : `${result.outcome}: ${result.error ?? 'no detail'}`,
           updated_at: nowIso,
         };
-        if (await store.update(next)) {
-          expired += 1;
-          metrics.syncActions.inc({ action: 'stop_timeout' });
-          logger.warn(
-            { uuid: row.uuid, command: row.pending_command_id, timeoutMs: this.#options.stopTimeoutMs },
-            'stop command timed out; task cleared',
-          );
-          await this.#options.notifier.instanceUpdates(row, [{ ...next, version: row.version + 1 }]);
-          break;
-        }
-        metrics.casRetries.inc();
-        row = await store.get(candidate.uuid);
+        return {
+          outcome: 'command_result',
+          next,
+          effects: () => {
+            metrics.syncActions.inc({ action: success ? 'stop_completed' : 'stop_failed' });
+            const context = {
+              uuid: row.uuid,
+              command: result.commandId,
+              action: result.action,
+              outcome: result.outcome,
+              method: result.method,
+              power_state: next.power_state,
+            };
+            if (success) logger.info(context, 'stop command completed; instance stopped');
+            else
+              logger.warn(
+                { ...context, error: result.error },
+                'stop command did not stop the instance; task cleared',
+              );
+            return this.#options.notifier.instanceUpdates(row, [next]);
+          },
+        };
+      },
+    };
+  }
+
+  /** Clears stop commands that passed their deadline without a result; returns how many. */
+  async expireCommands(run: StoreRunner = direct): Promise<number> {
+    const { store, logger, metrics } = this.#options;
+    const nowMs = Math.floor(this.#now() / 1000);
+    const candidates = await run(() => store.expiredCommands(nowMs));
+    let expired = 0;
+    const published: Array<Promise<void> | undefined> = [];
+    for (let start = 0; start < candidates.length; start += ROUND_ROWS) {
+      const tasks = candidates.slice(start, start + ROUND_ROWS).map((candidate): Task => ({
+        uuid: candidate.uuid,
+        decide: (row) => {
+          if (!row || row.pending_command_id !== candidate.pending_command_id) return { outcome: 'synced' };
+          const nowIso = isoMicros(this.#now());
+          const next: InstanceRow = {
+            ...row,
+            task_state: row.task_state === 'powering-off' ? null : row.task_state,
+            pending_command_id: null,
+            pending_action: null,
+            command_deadline_ms: null,
+            last_action: `${row.pending_action ?? 'stop'}_timeout`,
+            last_action_at: nowIso,
+            last_error: `timeout: no result for ${row.pending_action ?? 'stop'} command ${row.pending_command_id} within ${this.#options.stopTimeoutMs} ms`,
+            updated_at: nowIso,
+          };
+          return {
+            outcome: 'synced',
+            next,
+            effects: () => {
+              expired += 1;
+              metrics.syncActions.inc({ action: 'stop_timeout' });
+              logger.warn(
+                { uuid: row.uuid, command: row.pending_command_id, timeoutMs: this.#options.stopTimeoutMs },
+                'stop command timed out; task cleared',
+              );
+              return this.#options.notifier.instanceUpdates(row, [next]);
+            },
+          };
+        },
+      }));
+      for (const result of await this.#rounds(tasks, run)) {
+        if (!result.ok) throw result.error;
+        published.push(result.published);
       }
     }
+    await joinPublished(published);
     return expired;
   }
 }

@@ -1,8 +1,17 @@
 /**
  * The consumer process's engine: takes lifecycle messages and stop-command results from its queues,
- * validates them (unusable ones go to the dead-letter exchange with the reason), runs the handler
- * with messages of one instance in order, and acknowledges each message only after its database
- * changes are committed.
+ * validates them (unusable ones go to the dead-letter exchange with the reason), hands them to the
+ * handler in batches, and acknowledges each message only after its database changes are committed
+ * and what it published is confirmed.
+ *
+ * The pipeline: every message delivered within one turn of the event loop is validated together;
+ * the valid ones queue for the store stage, which runs one batch at a time (whatever queued while the
+ * previous batch was in the database) — one store round per batch, messages of one instance in
+ * delivery order — so the database sees one transaction per batch and a batch's decisions are
+ * taken on the rows the previous batch committed. After the commit the batch's notifications and
+ * stop commands go out at once; when the broker has confirmed them all, the batch is acknowledged
+ * with one `multiple` ack up to the newest delivery tag below which everything is settled. While a
+ * batch waits for its confirms the next one is already in the database.
  *
  * Failure handling:
  * - broker lost: the AmqpConnection reconnects; topology is re-declared and consumption resumes.
@@ -26,7 +35,14 @@ import { StoreUnavailableError, type InstanceStore } from '../store/types';
 import { Backoff, cancellableDelay } from '../util/backoff';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
-import { LifecycleHandler, type ConsumerMode } from './handler';
+import {
+  LifecycleHandler,
+  ShutdownAbort,
+  type ConsumerMode,
+  type ItemResult,
+  type StoreRunner,
+  type WorkItem,
+} from './handler';
 import type { ConsumerMetrics, MessageOutcome } from './metrics';
 import { consumerTopology, type ConsumerTopologySettings } from './topology';
 import { validateCommandResult, validateLifecycle } from './validate';
@@ -71,29 +87,121 @@ interface Channels {
   readonly consume: Channel;
   readonly publish: ConfirmChannel;
   depth: Channel | undefined;
+  acks: Acks | undefined;
   tags: string[];
   subscribing: boolean;
   open: boolean;
 }
 
-class ShutdownAbort extends Error {
-  override readonly name = 'ShutdownAbort';
+/** A message from its delivery to its acknowledgement. */
+interface Delivery {
+  readonly queue: 'lifecycle' | 'result';
+  readonly channels: Channels;
+  readonly message: ConsumeMessage;
+  /** 0: in hand; 1: done, to be acknowledged; 2: settled with the broker (acknowledged or returned). */
+  state: 0 | 1 | 2;
+  /** Done out of delivery order (counted in Acks' backlog). */
+  behind: boolean;
+  info: ProcessedInfo | undefined;
 }
 
-/** Runs tasks with the same key one after another, tasks with different keys concurrently. */
-class KeyedLanes {
-  readonly #tails = new Map<string, Promise<unknown>>();
+/**
+ * Acknowledges the deliveries of one channel with as few frames as possible: `multiple` acks up to
+ * the newest delivery below which everything is done, so one frame usually covers a whole batch.
+ * When deliveries done out of order pile up behind one still in hand (a slow dead-letter publish),
+ * they are acknowledged one by one, so the prefetch window keeps moving.
+ */
+class Acks {
+  #order: Delivery[] = [];
+  #head = 0;
+  #backlog = 0;
 
-  run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const previous = this.#tails.get(key) ?? Promise.resolve();
-    const next = previous.then(task, task);
-    const tail = next.catch(() => undefined);
-    this.#tails.set(key, tail);
-    void tail.then(() => {
-      if (this.#tails.get(key) === tail) this.#tails.delete(key);
-    });
-    return next;
+  constructor(
+    readonly channels: Channels,
+    readonly backlogLimit: number,
+    readonly acked: (deliveries: readonly Delivery[]) => void,
+    readonly failed: (error: unknown) => void,
+  ) {}
+
+  add(delivery: Delivery): void {
+    this.#order.push(delivery);
   }
+
+  /** These deliveries are done (their info set): acknowledge them as soon as order allows. */
+  complete(deliveries: readonly Delivery[]): void {
+    for (const delivery of deliveries) delivery.state = 1;
+    this.#advance();
+    for (const delivery of deliveries)
+      if (delivery.state === 1 && !delivery.behind) {
+        delivery.behind = true;
+        this.#backlog += 1;
+      }
+    if (this.#backlog >= this.backlogLimit) this.#ackBacklog();
+  }
+
+  /** The broker already settled this delivery (it was returned to its queue). */
+  settled(delivery: Delivery): void {
+    delivery.state = 2;
+    this.#advance();
+  }
+
+  #advance(): void {
+    const order = this.#order;
+    let last: Delivery | undefined;
+    const done: Delivery[] = [];
+    while (this.#head < order.length && (order[this.#head] as Delivery).state !== 0) {
+      const delivery = order[this.#head] as Delivery;
+      this.#head += 1;
+      if (delivery.behind) this.#backlog -= 1;
+      if (delivery.state === 1) {
+        delivery.state = 2;
+        last = delivery;
+        done.push(delivery);
+      }
+    }
+    if (this.#head > 1024 && this.#head * 2 > order.length) {
+      order.splice(0, this.#head);
+      this.#head = 0;
+    }
+    if (last && this.#send(last.message, true)) this.acked(done);
+  }
+
+  #ackBacklog(): void {
+    const done: Delivery[] = [];
+    const waiting: Delivery[] = [];
+    for (let index = this.#head; index < this.#order.length; index += 1) {
+      const delivery = this.#order[index] as Delivery;
+      if (delivery.state === 0) waiting.push(delivery);
+      else if (delivery.state === 1) {
+        delivery.state = 2;
+        delivery.behind = false;
+        if (this.#send(delivery.message, false)) done.push(delivery);
+      }
+    }
+    // Only the deliveries still in hand stay (settled ones need no more attention).
+    this.#order = waiting;
+    this.#head = 0;
+    this.#backlog = 0;
+    if (done.length > 0) this.acked(done);
+  }
+
+  #send(message: ConsumeMessage, multiple: boolean): boolean {
+    if (!this.channels.open) return false;
+    try {
+      this.channels.consume.ack(message, multiple);
+      return true;
+    } catch (error) {
+      this.failed(error);
+      return false;
+    }
+  }
+}
+
+/** Valid messages waiting for the store stage, and who waits for them. */
+interface StageEntry {
+  readonly items: WorkItem[];
+  readonly deliveries: Delivery[];
+  readonly done: () => void;
 }
 
 export class ConsumerService extends EventEmitter<ServiceEvents> {
@@ -103,8 +211,12 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
   readonly #metrics: ConsumerMetrics;
   readonly #logger: Logger;
   readonly #amqp: AmqpConnection;
-  readonly #lanes = new KeyedLanes();
   readonly #inFlight = new Set<Promise<void>>();
+  #intake: Delivery[] = [];
+  #intakeScheduled = false;
+  readonly #stage: StageEntry[] = [];
+  #stageRunning = false;
+  readonly #runStore: StoreRunner = (call) => this.#withDb(call);
   readonly #abort = new AbortController();
   #channels: Channels | undefined;
   #generation = 0;
@@ -206,6 +318,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
   async #shutdown(): Promise<void> {
     for (const timer of this.#timers) clearInterval(timer);
     await this.#cancelConsumers();
+    this.#takeIntake();
     const drained = Promise.allSettled([...this.#inFlight]);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((resolve) => {
@@ -324,10 +437,19 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         consume,
         publish,
         depth: undefined,
+        acks: undefined,
         tags: [],
         subscribing: false,
         open: true,
       };
+      channels.acks = new Acks(
+        channels,
+        Math.max(16, Math.floor(this.#settings.consumer.prefetch / 4)),
+        (deliveries) => {
+          for (const delivery of deliveries) if (delivery.info) this.emit('processed', delivery.info);
+        },
+        (error) => this.#logger.debug({ err: error }, 'ack failed; the broker redelivers the messages'),
+      );
       const closed = (): void => {
         if (!channels.open) return;
         channels.open = false;
@@ -427,65 +549,125 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
   // ---- messages ----------------------------------------------------------------------------
 
   #accept(queue: 'lifecycle' | 'result', channels: Channels, message: ConsumeMessage): void {
-    this.#metrics.inFlight.inc();
-    const task = this.#process(queue, channels, message)
-      .catch((error: unknown) => {
-        if (error instanceof ShutdownAbort) return;
-        this.#logger.error({ err: error }, 'message left unacknowledged after an unexpected failure');
-      })
-      .finally(() => {
-        this.#metrics.inFlight.dec();
-        this.#inFlight.delete(task);
-      });
-    this.#inFlight.add(task);
+    const delivery: Delivery = { queue, channels, message, state: 0, behind: false, info: undefined };
+    channels.acks?.add(delivery);
+    this.#intake.push(delivery);
+    if (!this.#intakeScheduled) {
+      this.#intakeScheduled = true;
+      setImmediate(() => this.#takeIntake());
+    }
   }
 
-  async #process(queue: 'lifecycle' | 'result', channels: Channels, message: ConsumeMessage): Promise<void> {
+  /** Validates what arrived since the last turn; dead-letters the unusable, queues the rest. */
+  #takeIntake(): void {
+    this.#intakeScheduled = false;
+    const deliveries = this.#intake;
+    if (deliveries.length === 0) return;
+    this.#intake = [];
+    this.#metrics.inFlight.inc(deliveries.length);
     const { consumer } = this.#settings;
-    const messageId =
-      typeof message.properties.messageId === 'string' ? message.properties.messageId : undefined;
-    let outcome: MessageOutcome;
-    if (queue === 'lifecycle') {
-      const validated = validateLifecycle(message.content, nowMicros(), consumer.maxFutureSkewMs);
-      if (!validated.ok) return this.#deadLetter(queue, channels, message, validated.reason);
-      const event = validated.value;
-      const key = event.instanceUuid ?? `sync_end:${event.host}`;
-      try {
-        outcome = await this.#lanes.run(key, () => this.#withDb(() => this.handler.handleLifecycle(event)));
-      } catch (error) {
-        if (error instanceof ShutdownAbort) throw error;
-        return this.#deadLetter(queue, channels, message, `processing failed: ${(error as Error).message}`);
-      }
-    } else {
-      const validated = validateCommandResult(message.content);
-      if (!validated.ok) return this.#deadLetter(queue, channels, message, validated.reason);
-      const result = validated.value;
-      try {
-        outcome = await this.#lanes.run(result.instanceUuid, () =>
-          this.#withDb(() => this.handler.handleResult(result)),
-        );
-      } catch (error) {
-        if (error instanceof ShutdownAbort) throw error;
-        return this.#deadLetter(queue, channels, message, `processing failed: ${(error as Error).message}`);
+    const nowUs = nowMicros();
+    const items: WorkItem[] = [];
+    const valid: Delivery[] = [];
+    for (const delivery of deliveries) {
+      const { queue, message } = delivery;
+      if (queue === 'lifecycle') {
+        const validated = validateLifecycle(message.content, nowUs, consumer.maxFutureSkewMs);
+        if (validated.ok) {
+          items.push({ kind: 'lifecycle', event: validated.value });
+          valid.push(delivery);
+        } else this.#track(this.#deadLetter(delivery, validated.reason));
+      } else {
+        const validated = validateCommandResult(message.content);
+        if (validated.ok) {
+          items.push({ kind: 'result', result: validated.value });
+          valid.push(delivery);
+        } else this.#track(this.#deadLetter(delivery, validated.reason));
       }
     }
-    this.#metrics.messages.inc({ outcome });
-    if (this.#ack(channels, message)) this.emit('processed', { queue, messageId, outcome });
+    if (valid.length === 0) return;
+    this.#track(
+      new Promise<void>((done) => {
+        this.#stage.push({ items, deliveries: valid, done });
+        if (!this.#stageRunning) void this.#runStage();
+      }),
+    );
   }
 
-  /** Acknowledges on the channel the message came from; false when that channel is gone (redelivery). */
-  #ack(channels: Channels, message: ConsumeMessage): boolean {
-    if (!channels.open) {
-      this.#logger.debug('channel gone before the ack; the broker redelivers the message');
-      return false;
-    }
+  #track(task: Promise<void>): void {
+    this.#inFlight.add(task);
+    void task.finally(() => this.#inFlight.delete(task));
+  }
+
+  /** The store stage: one batch at a time, each made of everything that queued meanwhile. */
+  async #runStage(): Promise<void> {
+    this.#stageRunning = true;
     try {
-      channels.consume.ack(message);
-      return true;
-    } catch (error) {
-      this.#logger.debug({ err: error }, 'ack failed; the broker redelivers the message');
-      return false;
+      while (this.#stage.length > 0) {
+        const entries = this.#stage.splice(0);
+        const items =
+          entries.length === 1 ? (entries[0] as StageEntry).items : entries.flatMap((e) => e.items);
+        const deliveries =
+          entries.length === 1 ? (entries[0] as StageEntry).deliveries : entries.flatMap((e) => e.deliveries);
+        const done = (): void => {
+          for (const entry of entries) entry.done();
+        };
+        let results: ItemResult[];
+        try {
+          results = await this.handler.handleBatch(items, this.#runStore);
+        } catch (error) {
+          if (!(error instanceof ShutdownAbort))
+            this.#logger.error({ err: error }, 'messages left unacknowledged after an unexpected failure');
+          this.#metrics.inFlight.dec(deliveries.length);
+          done();
+          continue;
+        }
+        this.#settle(deliveries, results, done);
+      }
+    } finally {
+      this.#stageRunning = false;
     }
+  }
+
+  /**
+   * After a batch's commit: dead-letters the messages that failed on a healthy database, and
+   * acknowledges the rest once everything the batch published is confirmed (or has failed).
+   */
+  #settle(deliveries: readonly Delivery[], results: readonly ItemResult[], done: () => void): void {
+    const applied: Delivery[] = [];
+    const published: Array<Promise<void>> = [];
+    const outcomes = new Map<MessageOutcome, number>();
+    for (let index = 0; index < deliveries.length; index += 1) {
+      const delivery = deliveries[index] as Delivery;
+      const result = results[index] as ItemResult;
+      if (!result.ok) {
+        this.#track(this.#deadLetter(delivery, `processing failed: ${result.error.message}`));
+        continue;
+      }
+      const messageId = delivery.message.properties.messageId as unknown;
+      delivery.info = {
+        queue: delivery.queue,
+        messageId: typeof messageId === 'string' ? messageId : undefined,
+        outcome: result.outcome,
+      };
+      outcomes.set(result.outcome, (outcomes.get(result.outcome) ?? 0) + 1);
+      if (result.published) published.push(result.published);
+      applied.push(delivery);
+    }
+    const finish = (): void => {
+      for (const [outcome, count] of outcomes) this.#metrics.messages.inc({ outcome }, count);
+      this.#metrics.inFlight.dec(applied.length);
+      const byChannels = new Map<Channels, Delivery[]>();
+      for (const delivery of applied) {
+        const list = byChannels.get(delivery.channels);
+        if (list) list.push(delivery);
+        else byChannels.set(delivery.channels, [delivery]);
+      }
+      for (const [channels, list] of byChannels) channels.acks?.complete(list);
+      done();
+    };
+    if (published.length === 0) finish();
+    else void Promise.all(published).then(finish, finish);
   }
 
   /**
@@ -493,12 +675,8 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
    * confirm channel), then acknowledges the original. If the dead-letter publish fails, the original
    * is returned to the queue instead (its delivery limit bounds the retries), so nothing is lost.
    */
-  async #deadLetter(
-    queue: 'lifecycle' | 'result',
-    channels: Channels,
-    message: ConsumeMessage,
-    reason: string,
-  ): Promise<void> {
+  async #deadLetter(delivery: Delivery, reason: string): Promise<void> {
+    const { queue, channels, message } = delivery;
     const { consumer } = this.#settings;
     const properties = message.properties;
     const headers: Record<string, unknown> = {
@@ -527,6 +705,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       );
     } catch (error) {
       this.#logger.error({ err: error, reason }, 'cannot dead-letter a message; returning it to its queue');
+      this.#metrics.inFlight.dec();
       if (channels.open) {
         try {
           channels.consume.nack(message, false, true);
@@ -534,6 +713,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
           // the channel closed meanwhile: the broker returns the message itself
         }
       }
+      channels.acks?.settled(delivery);
       return;
     }
     this.#metrics.messages.inc({ outcome: 'dead_lettered' });
@@ -541,13 +721,14 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       { reason, routingKey: message.fields.routingKey, messageId: properties.messageId as unknown },
       'message dead-lettered',
     );
-    if (this.#ack(channels, message))
-      this.emit('processed', {
-        queue,
-        messageId: typeof properties.messageId === 'string' ? properties.messageId : undefined,
-        outcome: 'dead_lettered',
-        reason,
-      });
+    this.#metrics.inFlight.dec();
+    delivery.info = {
+      queue,
+      messageId: typeof properties.messageId === 'string' ? properties.messageId : undefined,
+      outcome: 'dead_lettered',
+      reason,
+    };
+    channels.acks?.complete([delivery]);
   }
 
   #publish(
@@ -617,7 +798,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     if (this.#sweeping || !this.#dbUp || this.#outage || this.#stopping) return;
     this.#sweeping = true;
     try {
-      await this.handler.expireCommands();
+      await this.handler.expireCommands(this.#runStore);
     } catch (error) {
       this.#logger.warn({ err: error }, 'stop-command timeout sweep failed');
     } finally {

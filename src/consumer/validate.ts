@@ -91,11 +91,13 @@ function time(record: Record<string, unknown>, key: string, maxFutureUs: number)
   return micros;
 }
 
+/** Strict UTF-8 (a malformed sequence throws instead of becoming U+FFFD); stateless between calls. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
+
 function parseJson(body: Buffer): unknown {
-  const decoded = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
   let textBody: string;
   try {
-    textBody = decoded.decode(body);
+    textBody = UTF8.decode(body);
   } catch {
     fail('body is not UTF-8');
   }

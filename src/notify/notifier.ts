@@ -2,13 +2,15 @@
  * Emits instance.update notifications for the consumer: one per saved change of power_state,
  * vm_state or task_state, exchange `nova` (configurable), routing key `versioned_notifications.info`.
  * Like Nova's notifier it is fire-and-forget for the caller: a failed publish is logged and counted,
- * never retried, and never fails the database change it describes.
+ * never retried, and never fails the database change it describes. Publishes go out at once (in
+ * order, on one channel); the returned promise settles when the broker has confirmed (or refused)
+ * them all, which the consumer waits for before it acknowledges the message behind them.
  */
 import type { Channel, ChannelModel } from 'amqplib';
 import type { InstanceRow } from '../store/types';
 import type { Logger } from '../util/log';
 import { nowMicros } from '../util/time';
-import { buildInstanceUpdate, notificationRoutingKey } from './instance-update';
+import { encodeInstanceUpdate, notificationRoutingKey } from './instance-update';
 
 export interface NotifierOptions {
   readonly enabled: boolean;
@@ -42,34 +44,38 @@ export class Notifier {
   /**
    * Notifies each step of a change in order: `steps` are the row's successive states after `before`
    * (Nova saves power_state and then task_state separately when the sync starts a stop, and sends
-   * one notification per save).
+   * one notification per save). Publishes them all now; resolves once each is confirmed or failed
+   * (never rejects).
    */
-  async instanceUpdates(before: InstanceRow, steps: readonly InstanceRow[]): Promise<void> {
-    if (!this.#options.enabled) return;
+  instanceUpdates(before: InstanceRow, steps: readonly InstanceRow[]): Promise<void> | undefined {
+    if (!this.#options.enabled || steps.length === 0) return undefined;
+    if (steps.length === 1) return this.#send(steps[0] as InstanceRow, before);
+    const sent: Array<Promise<void>> = [];
     let previous = before;
     for (const step of steps) {
-      await this.#send(step, previous);
+      sent.push(this.#send(step, previous));
       previous = step;
     }
+    return Promise.all(sent).then(() => undefined);
   }
 
-  async #send(row: InstanceRow, before: InstanceRow): Promise<void> {
+  #send(row: InstanceRow, before: InstanceRow): Promise<void> {
     const { exchange, topic, logger } = this.#options;
-    const { message, envelope } = buildInstanceUpdate(row, before, { nowMicros: nowMicros() });
-    try {
-      await this.#options.publish(
-        exchange,
-        notificationRoutingKey(topic),
-        Buffer.from(JSON.stringify(envelope)),
-        {
-          persistent: this.#options.persistent,
-          messageId: message.message_id,
-        },
-      );
-      this.#options.count('published');
-    } catch (error) {
+    const failed = (error: unknown): void => {
       this.#options.count('failed');
       logger.warn({ err: error, uuid: row.uuid }, 'instance.update notification not published');
+    };
+    try {
+      const { messageId, body } = encodeInstanceUpdate(row, before, { nowMicros: nowMicros() });
+      return this.#options
+        .publish(exchange, notificationRoutingKey(topic), body, {
+          persistent: this.#options.persistent,
+          messageId,
+        })
+        .then(() => this.#options.count('published'), failed);
+    } catch (error) {
+      failed(error);
+      return Promise.resolve();
     }
   }
 }

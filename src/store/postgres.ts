@@ -3,16 +3,25 @@
  * (… WHERE uuid = $ AND version = $), so several consumers on one database never move a row on a
  * stale read. Migrations run under an advisory lock, so consumers starting together migrate once.
  *
- * Batching: the reads and the writes issued within one turn of the event loop are coalesced into one
- * statement each (SELECT … WHERE uuid = ANY($1); UPDATE … FROM unnest(…) … RETURNING uuid, one
- * compare-and-swap per row), which cuts round trips and per-statement cost under load while every
- * caller still sees its own row and its own CAS result. A batched UPDATE commits as one statement.
+ * The consumer's path is `apply`: a batch of messages costs two round trips, one
+ * SELECT … WHERE uuid = ANY($1) for its rows and one UPDATE … FROM unnest(…) … RETURNING uuid for its
+ * writes (one compare-and-swap per row; the statement commits as a whole).
+ *
+ * The single-row get/update (operator repairs) are coalesced the same way per turn of the event loop:
+ * every caller still sees its own row and its own CAS result.
  */
 import { Pool, type PoolClient } from 'pg';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
 import { MUTABLE_COLUMNS, POSTGRES_MIGRATIONS, mutableValues, rowFromDb, rowFromInput } from './schema';
-import { StoreUnavailableError, type InstanceInput, type InstanceRow, type InstanceStore } from './types';
+import {
+  STATE_COLUMNS,
+  StoreUnavailableError,
+  type Decide,
+  type InstanceInput,
+  type InstanceRow,
+  type InstanceStore,
+} from './types';
 
 export interface PostgresStoreOptions {
   readonly url: string;
@@ -68,6 +77,25 @@ const BATCH_UPDATE_SQL = `UPDATE instances AS i SET ${MUTABLE_COLUMNS.map(
     AS v(uuid, version, ${MUTABLE_COLUMNS.join(', ')})
   WHERE i.uuid = v.uuid AND i.version = v.version
   RETURNING i.uuid`;
+/**
+ * apply's write: the state columns of many rows, each a compare-and-swap on its expected version.
+ * The rows are locked first with SKIP LOCKED: a row another consumer's statement holds is left out
+ * (reported lost, so it is re-read and decided again) instead of waited for — two consumers
+ * updating overlapping sets of rows in different orders would otherwise deadlock.
+ */
+const APPLY_SQL = `WITH v AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], ${STATE_COLUMNS.map((column, index) => `$${index + 4}::${ARRAY_TYPES[column]}`).join(', ')})
+      AS v(uuid, expected, next_version, ${STATE_COLUMNS.join(', ')})
+  ), locked AS MATERIALIZED (
+    SELECT i.uuid FROM instances AS i JOIN v ON i.uuid = v.uuid AND i.version = v.expected
+    FOR UPDATE OF i SKIP LOCKED
+  )
+  UPDATE instances AS i SET ${STATE_COLUMNS.map((column) => `${column} = v.${column}`).join(', ')},
+    version = v.next_version
+  FROM v JOIN locked ON locked.uuid = v.uuid
+  WHERE i.uuid = v.uuid AND i.version = v.expected
+  RETURNING i.uuid`;
+const GET_MANY_SQL = 'SELECT * FROM instances WHERE uuid = ANY($1::text[])';
 /** Rows per batched statement. */
 const MAX_BATCH = 500;
 
@@ -197,7 +225,7 @@ export class PostgresStore implements InstanceStore {
     for (let start = 0; start < all.length; start += MAX_BATCH) {
       const batch = all.slice(start, start + MAX_BATCH);
       const uuids = batch.map(([uuid]) => uuid);
-      this.#query('virtbus_get_many', 'SELECT * FROM instances WHERE uuid = ANY($1::text[])', [uuids]).then(
+      this.#query('virtbus_get_many', GET_MANY_SQL, [uuids]).then(
         (rows) => {
           const found = new Map(rows.map((raw) => [String(raw.uuid as string), raw]));
           for (const [uuid, waiters] of batch) {
@@ -240,6 +268,33 @@ export class PostgresStore implements InstanceStore {
         for (const update of now) update.reject(failure);
       },
     );
+  }
+
+  async apply(uuids: readonly string[], decide: Decide): Promise<ReadonlySet<string>> {
+    const rows = new Map<string, InstanceRow>();
+    for (const raw of await this.#query('virtbus_get_many', GET_MANY_SQL, [uuids])) {
+      const row = rowFromDb(raw);
+      rows.set(row.uuid, row);
+    }
+    const writes = decide(rows);
+    const lost = new Set<string>();
+    if (writes.length === 0) return lost;
+    // One statement (arrays as parameters, whatever the batch size): all of it commits, or none.
+    const uuidsOut: string[] = [];
+    const expected: number[] = [];
+    const next: number[] = [];
+    const columns = STATE_COLUMNS.map(() => [] as unknown[]);
+    for (const { row, expected: version } of writes) {
+      uuidsOut.push(row.uuid);
+      expected.push(version);
+      next.push(row.version);
+      for (let index = 0; index < STATE_COLUMNS.length; index += 1)
+        columns[index]!.push(row[STATE_COLUMNS[index]!]);
+    }
+    const returned = await this.#query('virtbus_apply', APPLY_SQL, [uuidsOut, expected, next, ...columns]);
+    const written = new Set(returned.map((raw) => raw.uuid as string));
+    for (const uuid of uuidsOut) if (!written.has(uuid)) lost.add(uuid);
+    return lost;
   }
 
   async upsert(rows: readonly InstanceInput[]): Promise<{ inserted: number; updated: number }> {

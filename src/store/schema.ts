@@ -3,7 +3,7 @@
  * Migrations are numbered and applied in order inside one transaction each; the applied ones are
  * recorded in virtbus_migrations. Never edit a released migration: append a new one.
  */
-import type { InstanceInput, InstanceRow } from './types';
+import { STATE_COLUMNS, type InstanceInput, type InstanceRow } from './types';
 
 export interface Migration {
   readonly version: number;
@@ -159,6 +159,11 @@ export function mutableValues(row: InstanceRow): Array<string | number | null> {
     if (column === 'attrs') return JSON.stringify(value ?? {});
     return value as string | number | null;
   });
+}
+
+/** The state columns of a row as statement parameters, in STATE_COLUMNS order. */
+export function stateValues(row: InstanceRow): Array<string | number | null> {
+  return STATE_COLUMNS.map((column) => row[column]);
 }
 
 /** A full row for an imported instance (no event position, no command). */

@@ -1,17 +1,37 @@
 /**
- * The embedded store: better-sqlite3 on one file in WAL mode, prepared statements, and group
- * commit — every write issued within one turn of the event loop joins one transaction (BEGIN
- * IMMEDIATE … COMMIT on the next setImmediate), and each write's promise settles only when that
- * transaction has committed, so a message is acknowledged only after its row is durable. Reads
- * issued while a batch is open wait for its commit too: no decision is ever taken on data that a
- * failed commit could take back.
+ * The embedded store: better-sqlite3 on one file in WAL mode and prepared statements.
+ *
+ * The consumer's path is `apply`: a whole batch of messages is read, decided and written in one
+ * BEGIN IMMEDIATE … COMMIT, synchronously (better-sqlite3 is synchronous, so nothing else of this
+ * process runs in between and no compare-and-swap can be lost to it), and the promise settles after
+ * the commit, so a message is acknowledged only after its row is durable.
+ *
+ * The single-row `update` (operator repairs, `virtbus instances set`) keeps group commit: every write
+ * issued within one turn of the event loop joins one transaction (committed on the next
+ * setImmediate), and each write's promise settles only when that transaction has committed. Reads
+ * issued while such a batch is open wait for its commit too: no decision is ever taken on data that
+ * a failed commit could take back.
  */
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { isoMicros, nowMicros } from '../util/time';
-import { MUTABLE_COLUMNS, SQLITE_MIGRATIONS, mutableValues, rowFromDb, rowFromInput } from './schema';
-import { StoreUnavailableError, type InstanceInput, type InstanceRow, type InstanceStore } from './types';
+import {
+  MUTABLE_COLUMNS,
+  SQLITE_MIGRATIONS,
+  mutableValues,
+  rowFromDb,
+  rowFromInput,
+  stateValues,
+} from './schema';
+import {
+  STATE_COLUMNS,
+  StoreUnavailableError,
+  type Decide,
+  type InstanceInput,
+  type InstanceRow,
+  type InstanceStore,
+} from './types';
 
 export interface SqliteStoreOptions {
   /** File path, or ':memory:'. */
@@ -49,6 +69,11 @@ export class SqliteStore implements InstanceStore {
   readonly #listAll: Database.Statement<[], Raw>;
   readonly #listHost: Database.Statement<[string], Raw>;
   readonly #update: Database.Statement<unknown[]>;
+  readonly #updateState: Database.Statement<unknown[]>;
+  readonly #getMany: Database.Statement<[string], unknown[]>;
+  readonly #getManyColumns: readonly string[];
+  readonly #begin: Database.Statement<[]>;
+  readonly #commitTx: Database.Statement<[]>;
   readonly #exists: Database.Statement<[string], { one: number }>;
   readonly #upsert: Database.Statement<unknown[]>;
   readonly #expired: Database.Statement<[number], Raw>;
@@ -74,6 +99,17 @@ export class SqliteStore implements InstanceStore {
     this.#update = this.#db.prepare(
       `UPDATE instances SET ${assignments}, version = version + 1 WHERE uuid = ? AND version = ?`,
     );
+    this.#updateState = this.#db.prepare(
+      `UPDATE instances SET ${STATE_COLUMNS.map((column) => `${column} = ?`).join(', ')}, version = ?
+       WHERE uuid = ? AND version = ?`,
+    );
+    // One statement for a batch's rows, as arrays (no per-row statement call, no per-row object).
+    this.#getMany = this.#db
+      .prepare<[string], unknown[]>('SELECT * FROM instances WHERE uuid IN (SELECT value FROM json_each(?))')
+      .raw(true);
+    this.#getManyColumns = this.#getMany.columns().map((column) => column.name);
+    this.#begin = this.#db.prepare('BEGIN IMMEDIATE');
+    this.#commitTx = this.#db.prepare('COMMIT');
     this.#exists = this.#db.prepare('SELECT 1 AS one FROM instances WHERE uuid = ?');
     this.#upsert = this.#db.prepare(
       `INSERT INTO instances (${columns.join(', ')}) VALUES (${columns.map(() => '?').join(', ')})
@@ -145,6 +181,42 @@ export class SqliteStore implements InstanceStore {
 
   update(next: InstanceRow): Promise<boolean> {
     return this.#write(() => this.#update.run(...mutableValues(next), next.uuid, next.version).changes === 1);
+  }
+
+  apply(uuids: readonly string[], decide: Decide): Promise<ReadonlySet<string>> {
+    const lost = new Set<string>();
+    try {
+      if (this.#closed) throw new StoreUnavailableError('the store is closed');
+      // An open group-commit batch commits first: this transaction is the batch's own.
+      if (this.#batch) this.#commit();
+      this.#begin.run();
+      try {
+        const rows = new Map<string, InstanceRow>();
+        const columns = this.#getManyColumns;
+        for (const values of this.#getMany.all(JSON.stringify(uuids))) {
+          const raw: Raw = {};
+          for (let index = 0; index < columns.length; index += 1)
+            raw[columns[index] as string] = values[index] as string | number | null;
+          const row = rowFromDb(raw);
+          rows.set(row.uuid, row);
+        }
+        for (const { row, expected } of decide(rows)) {
+          if (this.#updateState.run(...stateValues(row), row.version, row.uuid, expected).changes !== 1)
+            lost.add(row.uuid);
+        }
+        this.#commitTx.run();
+      } catch (error) {
+        try {
+          if (this.#db.inTransaction) this.#db.exec('ROLLBACK');
+        } catch {
+          // the connection is unusable; the error below says why
+        }
+        throw error;
+      }
+    } catch (error) {
+      return Promise.reject(asError(classify(error)));
+    }
+    return Promise.resolve(lost);
   }
 
   upsert(rows: readonly InstanceInput[]): Promise<{ inserted: number; updated: number }> {

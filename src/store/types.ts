@@ -73,6 +73,39 @@ export interface InstanceInput {
 }
 
 /**
+ * The columns a consumer decision may change (Nova's state columns, the event position, the stop
+ * command and what the consumer did). `apply` writes only these: host, launched_at, attrs and
+ * created_at belong to the operator (`virtbus instances`), whose writes bump the version too, so a
+ * decision taken before such a write loses its compare-and-swap and is taken again.
+ */
+export const STATE_COLUMNS = [
+  'vm_state',
+  'task_state',
+  'power_state',
+  'updated_at',
+  'event_at_us',
+  'event_boot_id',
+  'event_seq',
+  'pending_command_id',
+  'pending_action',
+  'command_deadline_ms',
+  'last_action',
+  'last_action_at',
+  'last_error',
+] as const;
+
+/** One compare-and-swap write of `apply`: `row` replaces the stored row if its version is still `expected`. */
+export interface RowWrite {
+  /** The row to store; its `version` is the new one (expected + 1). */
+  readonly row: InstanceRow;
+  /** The version the decision was taken on. */
+  readonly expected: number;
+}
+
+/** Decides, synchronously, on the rows `apply` read (absent uuids have no row); returns the writes. */
+export type Decide = (rows: ReadonlyMap<string, InstanceRow>) => readonly RowWrite[];
+
+/**
  * A store failure that says nothing about the message being processed: the database is down,
  * locked or overloaded. The consumer pauses and retries instead of dead-lettering.
  */
@@ -98,6 +131,15 @@ export interface InstanceStore {
    * (or vanished) meanwhile — the caller re-reads and decides again.
    */
   update(next: InstanceRow): Promise<boolean>;
+  /**
+   * One read–decide–write round for a batch of messages: reads the rows of `uuids`, calls `decide`
+   * once with them, writes what it returns (at most one write per uuid; STATE_COLUMNS only) as
+   * compare-and-swap updates, and resolves — after the commit — with the uuids whose write lost its
+   * race (the caller re-reads those and decides again). SQLite: one BEGIN IMMEDIATE … COMMIT around
+   * the reads and the writes (nothing can change in between). PostgreSQL: one SELECT … = ANY($1) and
+   * one UPDATE … FROM unnest(…) statement. On failure (or when `decide` throws) nothing is written.
+   */
+  apply(uuids: readonly string[], decide: Decide): Promise<ReadonlySet<string>>;
   /** Inserts or replaces rows (import); event positions of existing rows are kept. */
   upsert(rows: readonly InstanceInput[]): Promise<{ inserted: number; updated: number }>;
   /** Rows whose stop command passed its deadline without a result. */
