@@ -71,7 +71,16 @@ describe('database outage', async () => {
     const body = await (await fetch(`${base}/readyz`)).text();
     assert.match(body, /db/);
     assert.match(body, /consuming/, 'consumption paused');
-    const during = await counts();
+    // Messages the consumer hands back while pausing are briefly in neither count: settle first.
+    let during = await counts();
+    await waitUntil(
+      'every message to be in the queue or in hand',
+      async () => {
+        during = await counts();
+        return during.ready + during.unacked === resumed.length;
+      },
+      10000,
+    ).catch(() => undefined);
     assert.equal(
       during.ready + during.unacked,
       resumed.length,
