@@ -11,7 +11,7 @@
  *
  * Summarise a profile with `node dist/bench/profile.js DIR/<file>.cpuprofile`.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startRabbitMQ } from '../../src/sandbox';
@@ -47,6 +47,30 @@ function options(args: readonly string[], name: string): string[] {
   return values;
 }
 
+/** CPU seconds of a PostgreSQL cluster: the postmaster (with reaped children) and its live children. */
+function postgresCpuSeconds(dir: string | undefined): number {
+  if (!dir) return Number.NaN;
+  try {
+    const master = readFileSync(join(dir, 'data', 'postmaster.pid'), 'utf8').split('\n')[0] as string;
+    let ticks = 0;
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      let fields: string[];
+      try {
+        fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+      } catch {
+        continue;
+      }
+      if (pid === master)
+        ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+      else if (fields[1] === master) ticks += Number(fields[11]) + Number(fields[12]);
+    }
+    return ticks / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 async function drain(
   ctx: BenchContext,
   label: string,
@@ -55,6 +79,7 @@ async function drain(
   count: number,
   env: Record<string, string>,
   flags: readonly string[],
+  postgresDir?: string,
 ): Promise<void> {
   const url = await ctx.vhost(`profile-${label}`);
   await declareTopology(url);
@@ -68,6 +93,7 @@ async function drain(
     flags.length > 0 ? Worker.start('consumer', { execArgv: flags }) : ctx.worker('consumer'),
   );
   const brokerBefore = brokerCpuSeconds(ctx.rabbit.dir);
+  const postgresBefore = postgresCpuSeconds(postgresDir);
   await Promise.all(workers.map((w) => w.call('start', { amqpUrl: url, dbUrl, env })));
   const deadline = Date.now() + 600_000;
   let total = 0;
@@ -80,6 +106,7 @@ async function drain(
     workers.map((w) => w.call<ConsumerRunResult>('wait', { count: 0, timeoutMs: 0 })),
   );
   const brokerCpu = brokerCpuSeconds(ctx.rabbit.dir) - brokerBefore;
+  const postgresCpu = postgresCpuSeconds(postgresDir) - postgresBefore;
   await Promise.all(workers.map((w) => w.call('stop', {}, 30_000)));
   await Promise.all(workers.map((w) => w.close()));
   const first = Math.min(...results.map((r) => r.firstProcessedAtMs));
@@ -106,6 +133,7 @@ async function drain(
         processed,
     ),
     brokerUs: Math.round((brokerCpu * 1e6) / processed),
+    ...(postgresDir ? { postgresUs: Math.round((postgresCpu * 1e6) / processed) } : {}),
     rss: results.map((r) => r.resources?.rssMaxMB),
     commitP50: results.map((r) => r.commitLatencyMs?.p50),
   };
@@ -157,7 +185,7 @@ async function main(): Promise<void> {
       }
       if (db === 'postgres' || db === 'both') {
         const postgres = await ctx.postgres();
-        await drain(profiled, 'postgres', postgres.url, consumers || 2, count, env, flags);
+        await drain(profiled, 'postgres', postgres.url, consumers || 2, count, env, flags, postgres.dir);
       }
     }
   } finally {

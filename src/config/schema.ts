@@ -384,9 +384,9 @@ export const schema = {
       env: 'VIRTBUS_CONSUMER_HOSTS',
     },
     prefetch: {
-      doc: 'Unacknowledged messages the broker may deliver to this consumer at once.',
+      doc: 'Unacknowledged messages the broker may deliver to this consumer at once (applied in batches; a deep window hides the broker round trips).',
       format: 'positive-int',
-      default: 256,
+      default: 2000,
       env: 'VIRTBUS_CONSUMER_PREFETCH',
     },
     deliveryLimit: {
