@@ -231,6 +231,39 @@ function member(key: string, value: unknown): string {
   return text === undefined ? '' : `,\\"${key}\\":${text}`;
 }
 
+/** What the payload carries for an attribute the row does not have (Nova's empty defaults). */
+const ATTR_DEFAULTS: Readonly<Record<string, unknown>> = {
+  user_id: null,
+  reservation_id: null,
+  display_description: null,
+  os_type: null,
+  architecture: null,
+  availability_zone: null,
+  flavor: null,
+  image_uuid: null,
+  key_name: null,
+  kernel_id: '',
+  ramdisk_id: '',
+  terminated_at: null,
+  deleted_at: null,
+  progress: 0,
+  ip_addresses: [],
+  metadata: {},
+  locked: false,
+  auto_disk_config: 'MANUAL',
+  locked_reason: null,
+  tags: [],
+};
+/** The members for absent attributes, written once. */
+const ABSENT_MEMBERS: ReadonlyMap<string, string> = new Map(
+  Object.entries(ATTR_DEFAULTS).map(([key, value]) => [key, member(key, value)]),
+);
+
+/** The member of an attribute with a fixed default: the row's value, or the default's text. */
+function attrMember(attrs: InstanceRow['attrs'], key: string): string {
+  return key in attrs ? member(key, attrs[key]) : (ABSENT_MEMBERS.get(key) as string);
+}
+
 function novaObjectHead(name: string, version: string): string {
   return `{\\"nova_object.name\\":\\"${name}\\",\\"nova_object.namespace\\":\\"nova\\",\\"nova_object.version\\":\\"${version}\\",\\"nova_object.data\\":`;
 }
@@ -273,8 +306,12 @@ const novaTimes = new Map<string, string | null>();
 function novaTimeFast(value: string | null | undefined): string | null {
   if (!value) return null;
   // The store writes "YYYY-MM-DDTHH:MM:SS.ffffffZ": the result depends on the first 19 characters only.
-  if (value.length !== 27 || value[19] !== '.' || value[26] !== 'Z' || !/^\d{6}$/.test(value.slice(20, 26)))
+  if (value.length !== 27 || value.charCodeAt(19) !== 46 || value.charCodeAt(26) !== 90)
     return novaTime(value);
+  for (let index = 20; index < 26; index += 1) {
+    const code = value.charCodeAt(index);
+    if (code < 48 || code > 57) return novaTime(value);
+  }
   const key = value.slice(0, 19);
   let cached = novaTimes.get(key);
   if (cached === undefined) {
@@ -302,41 +339,42 @@ export function encodeInstanceUpdate(
   const micros = fraction === 0 ? '' : `.${String(fraction).padStart(6, '0')}`;
   const timestamp = `${texts.oslo}${micros}`;
   const changed = before.vm_state !== row.vm_state || before.task_state !== row.task_state;
+  const attrs = row.attrs;
   const displayName = attr(row, 'display_name');
   const data =
     `{\\"uuid\\":${nested(row.uuid) ?? 'null'}` +
-    member('user_id', attr(row, 'user_id')) +
+    attrMember(attrs, 'user_id') +
     member('tenant_id', attr(row, 'tenant_id', attr(row, 'project_id'))) +
-    member('reservation_id', attr(row, 'reservation_id')) +
+    attrMember(attrs, 'reservation_id') +
     member('display_name', displayName) +
-    member('display_description', attr(row, 'display_description')) +
+    attrMember(attrs, 'display_description') +
     member('host_name', attr(row, 'host_name', attr(row, 'hostname', displayName))) +
     member('host', row.host) +
     member('node', attr(row, 'node', row.host)) +
-    member('os_type', attr(row, 'os_type')) +
-    member('architecture', attr(row, 'architecture')) +
-    member('availability_zone', attr(row, 'availability_zone')) +
-    member('flavor', attr(row, 'flavor')) +
-    member('image_uuid', attr(row, 'image_uuid')) +
-    member('key_name', attr(row, 'key_name')) +
-    member('kernel_id', attr(row, 'kernel_id', '')) +
-    member('ramdisk_id', attr(row, 'ramdisk_id', '')) +
+    attrMember(attrs, 'os_type') +
+    attrMember(attrs, 'architecture') +
+    attrMember(attrs, 'availability_zone') +
+    attrMember(attrs, 'flavor') +
+    attrMember(attrs, 'image_uuid') +
+    attrMember(attrs, 'key_name') +
+    attrMember(attrs, 'kernel_id') +
+    attrMember(attrs, 'ramdisk_id') +
     member('created_at', novaTimeFast(row.created_at)) +
     member('launched_at', novaTimeFast(row.launched_at)) +
-    member('terminated_at', attr(row, 'terminated_at')) +
-    member('deleted_at', attr(row, 'deleted_at')) +
+    attrMember(attrs, 'terminated_at') +
+    attrMember(attrs, 'deleted_at') +
     member('updated_at', novaTimeFast(row.updated_at)) +
     member('state', row.vm_state) +
     member('power_state', powerStateString(row.power_state)) +
     member('task_state', row.task_state) +
-    member('progress', attr(row, 'progress', 0)) +
-    member('ip_addresses', attr(row, 'ip_addresses', [])) +
+    attrMember(attrs, 'progress') +
+    attrMember(attrs, 'ip_addresses') +
     ',\\"block_devices\\":null' +
-    member('metadata', attr(row, 'metadata', {})) +
-    member('locked', attr(row, 'locked', false)) +
-    member('auto_disk_config', attr(row, 'auto_disk_config', 'MANUAL')) +
+    attrMember(attrs, 'metadata') +
+    attrMember(attrs, 'locked') +
+    attrMember(attrs, 'auto_disk_config') +
     ',\\"request_id\\":null,\\"action_initiator_user\\":null,\\"action_initiator_project\\":null' +
-    member('locked_reason', attr(row, 'locked_reason')) +
+    attrMember(attrs, 'locked_reason') +
     ',\\"shares\\":null,\\"state_update\\":' +
     STATE_UPDATE_HEAD +
     `{\\"old_state\\":${nested(changed ? before.vm_state : row.vm_state) ?? 'null'}` +
@@ -347,7 +385,7 @@ export function encodeInstanceUpdate(
     AUDIT_PERIOD_HEAD +
     `{\\"audit_period_beginning\\":\\"${texts.monthStart}\\",\\"audit_period_ending\\":\\"${texts.iso}Z\\"}}` +
     ',\\"old_display_name\\":null' +
-    member('tags', attr(row, 'tags', [])) +
+    attrMember(attrs, 'tags') +
     '}';
   const body =
     `{"oslo.version":"2.0","oslo.message":"{\\"message_id\\":\\"${ids.message}\\"` +
