@@ -1,7 +1,8 @@
 /**
  * The test runner behind `npm test`: starts the run's shared private RabbitMQ node and PostgreSQL
  * cluster once, runs every suite with node:test, and tears the services down whatever happens.
- * Usage: node dist/test/run.js [suite-dir ...]   (default: every suite)
+ * Usage: node dist/test/run.js [--test-name-pattern=REGEX ...] [suite-dir ...]   (default: every suite)
+ * Options starting with `--` are handed to node --test as they are.
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -12,7 +13,9 @@ import { SHARED_POSTGRES_ENV, SHARED_RABBIT_ENV, type SharedRabbit } from './sup
 const SUITES = ['unit', 'native', 'integration', 'consumer', 'e2e', 'faults', 'ops'];
 
 async function main(): Promise<number> {
-  const requested = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const testOptions = args.filter((arg) => arg.startsWith('--'));
+  const requested = args.filter((arg) => !arg.startsWith('--'));
   const suites = (requested.length > 0 ? requested : SUITES)
     .map((suite) => join(__dirname, suite))
     .filter((dir) => existsSync(dir));
@@ -34,6 +37,7 @@ async function main(): Promise<number> {
           '--test-concurrency=1',
           '--test-reporter=spec',
           '--test-timeout=600000',
+          ...testOptions,
           ...suites,
         ],
         {

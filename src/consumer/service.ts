@@ -90,6 +90,8 @@ interface Channels {
   acks: Acks | undefined;
   tags: string[];
   subscribing: boolean;
+  /** #resume was asked for while a subscription was in progress: check again when it ends. */
+  resumeAgain: boolean;
   open: boolean;
 }
 
@@ -440,6 +442,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         acks: undefined,
         tags: [],
         subscribing: false,
+        resumeAgain: false,
         open: true,
       };
       channels.acks = new Acks(
@@ -494,9 +497,16 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
   async #resume(): Promise<void> {
     const channels = this.#channels;
     if (!channels?.open || !this.#dbUp || this.#outage || this.#stopping) return;
-    if (channels.subscribing || channels.tags.length > 0) return;
+    if (channels.subscribing) {
+      // A database outage may begin and end while this subscription is being set up and then
+      // cancelled; the outage's own resume would be lost without this second look.
+      channels.resumeAgain = true;
+      return;
+    }
+    if (channels.tags.length > 0) return;
     const { queue, resultQueue } = this.#settings.consumer;
     channels.subscribing = true;
+    channels.resumeAgain = false;
     try {
       const lifecycle = await channels.consume.consume(queue, (message) => {
         if (message) this.#accept('lifecycle', channels, message);
@@ -517,6 +527,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     } finally {
       channels.subscribing = false;
     }
+    if (channels.resumeAgain && channels.tags.length === 0) void this.#resume();
   }
 
   /**
