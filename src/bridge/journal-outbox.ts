@@ -941,6 +941,8 @@ export class JournalOutbox implements Outbox {
       .sort((a, b) => a.firstId - b.firstId);
     const segments: Segment[] = [];
     const corruptSegments: string[] = [];
+    /** Highest first id of a segment moved aside as corrupt: its ids were used, they are not handed out again. */
+    let corruptFirstId = 0;
     let deletedSegments = 0;
     let truncatedBytes = 0;
     let depth = 0;
@@ -983,6 +985,7 @@ export class JournalOutbox implements Outbox {
         fs.closeSync(fd);
         fs.renameSync(path, `${path}.corrupt`);
         corruptSegments.push(name);
+        corruptFirstId = Math.max(corruptFirstId, firstId);
         changed = true;
         this.#logger?.error(
           { path },
@@ -1050,13 +1053,16 @@ export class JournalOutbox implements Outbox {
 
     // The ids go on after the highest one ever used; the active segment never goes away, so its name
     // keeps that number even when everything was confirmed.
-    let nextId = watermark + 1;
+    let nextId = Math.max(watermark + 1, corruptFirstId);
     const last = segments[segments.length - 1];
     if (last) nextId = Math.max(nextId, last.firstId + last.count);
-    if (!last || last.firstId + last.count !== nextId) {
+    // A fresh active segment unless the last one kept can take the next id. It cannot when it was
+    // sealed in the scan (the newest segment after it was moved aside as corrupt): its descriptor is
+    // closed and appending to it would fail forever.
+    if (!last || last.sealed || last.fd < 0 || last.firstId + last.count !== nextId) {
       if (last) {
         last.sealed = true;
-        fs.closeSync(last.fd);
+        if (last.fd >= 0) fs.closeSync(last.fd);
         last.fd = -1;
       }
       const path = join(this.dir, segmentName(nextId));

@@ -270,6 +270,106 @@ describe('JournalOutbox: durability', () => {
     await outbox.close();
   });
 
+  it('a corrupt header on the newest segment: the older records stay readable and appends go on in a fresh segment', async () => {
+    const dir = freshDir();
+    const options = { segmentBytes: 4096, maxBytes: 1024 * 1024 };
+    const big = (n: number): OutboxInput => ({ ...input(n), body: Buffer.alloc(200, n % 256) });
+    let outbox = await open(dir, options);
+    await outbox.append(Array.from({ length: 20 }, (_, i) => big(i + 1)));
+    // A record too large for the room left starts the newest segment: the one before keeps room.
+    await outbox.append([{ ...input(21), body: Buffer.alloc(3000, 21) }]);
+    await outbox.close();
+    const files = segmentFiles(dir);
+    assert.ok(files.length >= 3, `21 records in 4 KiB segments: ${files.length} files`);
+    const newest = files[files.length - 1]!;
+    const previous = files[files.length - 2]!;
+    assert.equal(Number(newest.slice(4, 20)), 21, 'the newest segment holds only the large record');
+    assert.ok(
+      statSync(join(dir, previous)).size < 2048,
+      'the segment before it has room: a small append after reopening goes to it unless a new one starts',
+    );
+    const bytes = readFileSync(join(dir, newest));
+    for (let at = 0; at < 8; at += 1) bytes[at] = bytes[at]! ^ 0xff; // the header's magic
+    writeFileSync(join(dir, newest), bytes);
+    const kept = Array.from({ length: 20 }, (_, i) => [i + 1, `m${i + 1}`]);
+
+    outbox = await open(dir, { ...options, cacheBytes: 0 });
+    assert.deepEqual(outbox.recovery.corruptSegments, [newest]);
+    assert.deepEqual(
+      readdirSync(dir).filter((name) => name.endsWith('.corrupt')),
+      [`${newest}.corrupt`],
+    );
+    assert.equal(outbox.depth, 20);
+    assert.deepEqual(
+      drain(outbox, 7).map((r) => [r.id, r.messageId]),
+      kept,
+    );
+    await appendInTime(outbox, [input(1000)]);
+    await appendInTime(outbox, [input(1001)]);
+    assert.deepEqual(
+      drain(outbox, 7).map((r) => [r.id, r.messageId]),
+      [...kept, [21, 'm1000'], [22, 'm1001']],
+      'the new records follow the kept ones, with ids going on from the lost segment',
+    );
+    await outbox.close();
+
+    outbox = await open(dir, { ...options, cacheBytes: 0 });
+    assert.deepEqual(outbox.recovery.corruptSegments, [], 'the repaired journal reopens clean');
+    assert.equal(outbox.recovery.truncatedBytes, 0);
+    await appendInTime(outbox, [input(1002)]);
+    assert.deepEqual(
+      drain(outbox, 7).map((r) => [r.id, r.messageId]),
+      [...kept, [21, 'm1000'], [22, 'm1001'], [23, 'm1002']],
+    );
+    await outbox.close();
+  });
+
+  it('a corrupt newest segment after a sealed one cut short by a bad record: ids skip the lost ones, appends go on', async () => {
+    const dir = freshDir();
+    const options = { segmentBytes: 4096, maxBytes: 1024 * 1024 };
+    const big = (n: number): OutboxInput => ({ ...input(n), body: Buffer.alloc(200, n % 256) });
+    let outbox = await open(dir, options);
+    await outbox.append(Array.from({ length: 40 }, (_, i) => big(i + 1)));
+    await outbox.close();
+    const files = segmentFiles(dir);
+    assert.ok(files.length >= 3, `${files.length} files`);
+    const sealed = files[files.length - 2]!;
+    const newest = files[files.length - 1]!;
+    const sealedFrom = Number(sealed.slice(4, 20));
+    const lostFrom = Number(newest.slice(4, 20));
+    assert.ok(lostFrom - sealedFrom >= 4, 'the sealed segment holds a few records');
+    // A bad byte in the body of the sealed segment's third record: it and the rest of that segment go.
+    const cutAt = sealedFrom + 2;
+    const sealedBytes = readFileSync(join(dir, sealed));
+    const at = sealedBytes.indexOf(`m${cutAt}`) + 12;
+    sealedBytes[at] = sealedBytes[at]! ^ 0xff;
+    writeFileSync(join(dir, sealed), sealedBytes);
+    const newestBytes = readFileSync(join(dir, newest));
+    newestBytes[0] = newestBytes[0]! ^ 0xff;
+    writeFileSync(join(dir, newest), newestBytes);
+
+    outbox = await open(dir, { ...options, cacheBytes: 0 });
+    assert.deepEqual(outbox.recovery.corruptSegments, [newest]);
+    assert.ok(outbox.recovery.truncatedBytes > 0);
+    const kept = Array.from({ length: cutAt - 1 }, (_, i) => [i + 1, `m${i + 1}`]);
+    await appendInTime(outbox, [input(1000)]);
+    assert.equal(outbox.recovery.nextId, lostFrom, 'ids of the lost segment are not handed out again');
+    assert.deepEqual(
+      drain(outbox, 7).map((r) => [r.id, r.messageId]),
+      [...kept, [lostFrom, 'm1000']],
+    );
+    for (let id = 1; id < cutAt; id += 1) outbox.confirm(id);
+    assert.equal(outbox.depth, 1, 'the lost ids count as confirmed');
+    await outbox.close();
+    outbox = await open(dir, options);
+    assert.equal(outbox.depth, 1);
+    assert.deepEqual(
+      outbox.readAfter(0, 10).map((r) => [r.id, r.messageId]),
+      [[lostFrom, 'm1000']],
+    );
+    await outbox.close();
+  });
+
   it('rolls segments and deletes the ones fully confirmed', async () => {
     const dir = freshDir();
     const fdsBefore = openFds();
@@ -543,6 +643,21 @@ describe('JournalOutbox: volume', () => {
     await outbox.close();
   });
 });
+
+/** An append that must complete: a stalled intake closes the outbox and fails the test instead of hanging it. */
+async function appendInTime(outbox: JournalOutbox, inputs: OutboxInput[], timeoutMs = 3000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<'stalled'>((resolve) => {
+    timer = setTimeout(() => resolve('stalled'), timeoutMs);
+  });
+  const appended = outbox.append(inputs).then(() => 'appended' as const);
+  const outcome = await Promise.race([appended, stalled]).finally(() => clearTimeout(timer));
+  if (outcome === 'stalled') {
+    await outbox.close().catch(() => undefined); // rejects the stuck append: the process can exit
+    await appended.catch(() => undefined);
+    assert.fail(`append did not complete within ${timeoutMs} ms: intake stalled`);
+  }
+}
 
 async function until(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
