@@ -64,15 +64,19 @@ export class Dispatcher {
       options.metrics.delayedStops.inc({ outcome: 'published' });
       // Stops released in the same turn (a host shutting many guests down) go out as one batch:
       // one state query and one journal commit instead of one each.
-      if (this.#released.length === 0) {
-        setImmediate(() => {
-          const batch = this.#released;
-          this.#released = [];
-          if (batch.length > 0) void this.#enqueue(() => this.#publishReady(batch));
-        });
-      }
+      // Anything dispatched before that turn ends takes the released stops into the lane first
+      // (#flushReleased), so a STARTED right behind a released STOPPED cannot overtake it.
+      if (this.#released.length === 0) setImmediate(() => this.#flushReleased());
       this.#released.push({ ...held, delayedMs: heldMs });
     });
+  }
+
+  /** Puts the stops released since the last flush into the lane, ahead of whatever comes next. */
+  #flushReleased(): void {
+    if (this.#released.length === 0) return;
+    const batch = this.#released;
+    this.#released = [];
+    void this.#enqueue(() => this.#publishReady(batch));
   }
 
   get delayedStopsPending(): number {
@@ -81,6 +85,7 @@ export class Dispatcher {
 
   /** Dispatches one drained batch; resolves when its messages are in the outbox. */
   handleEvents(events: readonly RawDomainEvent[]): Promise<void> {
+    this.#flushReleased();
     const ready: Ready[] = [];
     const { metrics, logger, stopDelayMs } = this.#options;
     // Counted per batch: one labelled increment per kind of event instead of one per event.
@@ -125,6 +130,7 @@ export class Dispatcher {
    * `sync_end` listing them all, so a consumer can also converge rows whose domain vanished.
    */
   snapshot(reason: SnapshotReason): Promise<void> {
+    this.#flushReleased();
     return this.#enqueue(async () => {
       const connection = this.#options.connection();
       if (!connection) {
@@ -134,6 +140,8 @@ export class Dispatcher {
         );
         return;
       }
+      // Every sync is stamped with the time before the listing, not after it: an event that happens
+      // while the listing is read is newer than the snapshot and must not be dropped as out of order.
       const takenMicros = nowMicros();
       const domains = await connection.listAllDomains();
       const snapshot = {
@@ -142,7 +150,6 @@ export class Dispatcher {
         count: domains.length,
         taken_at: isoMicros(takenMicros),
       };
-      const sampled = nowMicros();
       const messages = domains.map((domain) =>
         this.#message({
           instanceUuid: domain.uuid,
@@ -155,7 +162,7 @@ export class Dispatcher {
             detail_code: domain.state,
           },
           powerState: powerStateOf(domain.state),
-          occurredMicros: sampled,
+          occurredMicros: takenMicros,
           delayedMs: 0,
           snapshot,
         }),
@@ -167,7 +174,7 @@ export class Dispatcher {
           transition: 'sync_end',
           libvirt: null,
           powerState: null,
-          occurredMicros: sampled,
+          occurredMicros: takenMicros,
           delayedMs: 0,
           snapshot,
           instanceUuids: domains.map((domain) => domain.uuid),
@@ -189,11 +196,7 @@ export class Dispatcher {
    */
   async shutdown(flush: boolean): Promise<void> {
     this.#stopped = true;
-    if (this.#released.length > 0) {
-      const batch = this.#released;
-      this.#released = [];
-      void this.#enqueue(() => this.#publishReady(batch));
-    }
+    this.#flushReleased();
     const held = this.#delayed.takeAll();
     if (held.length > 0) {
       this.#options.metrics.delayedStops.inc(

@@ -44,6 +44,11 @@ export class EventPump {
   async #run(): Promise<void> {
     this.#running = true;
     try {
+      // Dropped events are newer than every event still queued when they were dropped, so the
+      // overflow snapshot waits until those have been dispatched: when a drain empties the queue,
+      // or once a whole queue's capacity has been taken since the drop was reported.
+      let dropped = 0;
+      let drainedSinceDrop = 0;
       do {
         this.#again = false;
         for (;;) {
@@ -53,14 +58,24 @@ export class EventPump {
               { dropped: overflowed },
               'native event queue overflowed; a resync snapshot follows',
             );
-            this.targets.overflow(overflowed);
+            if (dropped === 0) drainedSinceDrop = 0;
+            dropped += overflowed;
           }
           if (events.length > 0) await this.targets.events(events);
+          drainedSinceDrop += events.length;
+          if (
+            dropped > 0 &&
+            (events.length < CHUNK || drainedSinceDrop >= this.binding.queueStats().capacity)
+          ) {
+            this.targets.overflow(dropped);
+            dropped = 0;
+          }
           // Closes after the events that preceded them, so those are dispatched while the state can still be read.
           for (const close of closes) this.targets.close(close);
           if (events.length < CHUNK && closes.length === 0 && overflowed === 0) break;
         }
       } while (this.#again);
+      if (dropped > 0) this.targets.overflow(dropped);
     } catch (error) {
       this.logger.error({ err: error }, 'event pump failed');
     } finally {

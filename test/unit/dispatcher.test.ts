@@ -1,0 +1,122 @@
+/**
+ * The dispatcher's ordering around Nova's delayed STOPPED, with a recording outbox and no libvirt
+ * connection (power states then read as unknown): what enters the outbox is what reaches the wire.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Dispatcher } from '../../src/bridge/dispatcher';
+import { createBridgeMetrics } from '../../src/bridge/metrics';
+import type { Outbox, OutboxInput, OutboxRecord } from '../../src/bridge/outbox';
+import type { RawDomainEvent } from '../../src/native/contract';
+import { createLogger } from '../../src/util/log';
+
+const UUID = '6695eb01-f6a4-8304-79aa-97f2502e193f';
+const EVENT_STARTED = 2;
+const EVENT_STOPPED = 5;
+
+class RecordingOutbox implements Outbox {
+  readonly appended: OutboxInput[] = [];
+  readonly capacity = 1000;
+  get depth(): number {
+    return this.appended.length;
+  }
+  oldestMicros(): number | undefined {
+    return undefined;
+  }
+  append(inputs: readonly OutboxInput[]): Promise<void> {
+    this.appended.push(...inputs);
+    return Promise.resolve();
+  }
+  readAfter(): OutboxRecord[] {
+    return [];
+  }
+  confirm(): void {}
+  onAppend(): void {}
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+function event(type: number, seq: number): RawDomainEvent {
+  return {
+    connectionId: 1,
+    eventId: 0,
+    type,
+    detail: type === EVENT_STOPPED ? 1 : 0,
+    uuid: UUID,
+    name: 'guest',
+    nameTruncated: false,
+    wallMicros: Date.now() * 1000 + seq,
+    monoMicros: seq,
+    seq,
+  };
+}
+
+function setup(stopDelayMs: number) {
+  const outbox = new RecordingOutbox();
+  const metrics = createBridgeMetrics({
+    queueStats: () => ({ depth: 0, capacity: 1, highWater: 0, dropped: 0, enqueued: 0 }),
+    unconfirmed: () => 0,
+    delayedStopsPending: () => 0,
+    outboxDepth: () => 0,
+    outboxOldestMicros: () => undefined,
+    libvirtUp: () => false,
+    amqpUp: () => false,
+  });
+  const dispatcher = new Dispatcher({
+    host: 'compute-1',
+    bootId: 'boot',
+    exchange: 'virtbus.lifecycle',
+    format: 'json',
+    stopDelayMs,
+    connection: () => undefined,
+    outbox,
+    metrics,
+    logger: createLogger('silent', 'test'),
+  });
+  const transitions = (): string[] => outbox.appended.map((input) => input.transition);
+  return { dispatcher, transitions };
+}
+
+describe('dispatcher order around a delayed STOPPED', () => {
+  it('a STARTED dispatched in the same turn as the STOPPED is released does not overtake it', async () => {
+    const { dispatcher, transitions } = setup(20);
+    // In the bridge the STARTED comes from the native wake-up, in the poll phase: after the timer
+    // that released the STOPPED, before that turn's setImmediate callbacks. Hold the immediates back
+    // to put the STARTED exactly there.
+    const deferred: Array<() => void> = [];
+    const realSetImmediate = globalThis.setImmediate;
+    globalThis.setImmediate = ((callback: () => void) => {
+      deferred.push(callback);
+    }) as unknown as typeof setImmediate;
+    try {
+      await dispatcher.handleEvents([event(EVENT_STOPPED, 1)]);
+      while (dispatcher.delayedStopsPending > 0) await sleep(5);
+      const started = dispatcher.handleEvents([event(EVENT_STARTED, 2)]);
+      for (const callback of deferred.splice(0)) callback();
+      await started;
+    } finally {
+      globalThis.setImmediate = realSetImmediate;
+    }
+    await sleep(5);
+    assert.deepEqual(transitions(), ['stopped', 'started']);
+  });
+
+  it('a STARTED within the delay cancels the STOPPED (a reboot publishes no stopped)', async () => {
+    const { dispatcher, transitions } = setup(50);
+    await dispatcher.handleEvents([event(EVENT_STOPPED, 1)]);
+    await dispatcher.handleEvents([event(EVENT_STARTED, 2)]);
+    await sleep(80);
+    assert.deepEqual(transitions(), ['started']);
+  });
+
+  it('a stop released in the turn shutdown begins is still published', async () => {
+    const { dispatcher, transitions } = setup(20);
+    void dispatcher.handleEvents([event(EVENT_STOPPED, 1)]);
+    await new Promise<void>((resolve) => {
+      setTimeout(() => void dispatcher.shutdown(false).then(resolve), 20);
+    });
+    assert.deepEqual(transitions(), ['stopped']);
+  });
+});
