@@ -82,18 +82,24 @@ export function parseStopCommand(body: Buffer): StopCommand | string {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** A channel that closes on its own (a channel-level error) while the connection stays up is reopened. */
+const REOPEN_DELAY_MS = 250;
+
 export class CommandExecutor {
   readonly #options: CommandExecutorOptions;
   #consumer: { channel: Channel; tag: string } | undefined;
   #results: ConfirmChannel | undefined;
   #inProgress = new Set<Promise<void>>();
-  /** Commands for one domain run one after another. */
+  /** Commands for one domain run one after another; a link never rejects, so one failure never stops the next. */
   #perDomain = new Map<string, Promise<void>>();
   #closing = false;
 
   constructor(options: CommandExecutorOptions) {
     this.#options = options;
-    options.amqp.on('up', (model) => void this.#open(model));
+    options.amqp.on('up', (model) => {
+      void this.#openResults(model);
+      void this.#openConsumer(model);
+    });
     options.amqp.on('down', () => {
       this.#consumer = undefined;
       this.#results = undefined;
@@ -109,41 +115,120 @@ export class CommandExecutor {
     await Promise.allSettled([...this.#inProgress]);
   }
 
-  async #open(model: ChannelModel): Promise<void> {
+  /** The connection this setup started on is still the live one (a stale failure must not reset a newer one). */
+  #isCurrent(model: ChannelModel): boolean {
+    return !this.#closing && this.#options.amqp.model === model;
+  }
+
+  #setupFailed(model: ChannelModel, what: string, error: unknown): void {
+    const { logger, amqp } = this.#options;
+    if (!this.#isCurrent(model)) {
+      logger.info({ err: error }, `${what} failed on a connection that is gone; ignored`);
+      return;
+    }
+    logger.error({ err: error }, `cannot set up the ${what}; reconnecting`);
+    amqp.reset(`${what} failed`);
+  }
+
+  /** Reopens a channel that closed while its connection stayed up (after a short delay). */
+  #reopenLater(
+    model: ChannelModel,
+    open: (model: ChannelModel) => Promise<void>,
+    isOpen: () => boolean,
+  ): void {
+    if (!this.#isCurrent(model)) return;
+    setTimeout(() => {
+      if (!isOpen() && this.#isCurrent(model)) void open(model);
+    }, REOPEN_DELAY_MS).unref();
+  }
+
+  async #openResults(model: ChannelModel): Promise<void> {
+    const { logger } = this.#options;
+    if (this.#closing) return;
+    let results: ConfirmChannel;
+    try {
+      results = await model.createConfirmChannel();
+    } catch (error) {
+      this.#setupFailed(model, 'command result channel', error);
+      return;
+    }
+    // Without an 'error' listener amqplib throws the channel error inside the connection (tearing it down).
+    results.on('error', (error: Error) => logger.warn({ err: error }, 'command result channel error'));
+    results.on('close', () => {
+      if (this.#results !== results) return;
+      this.#results = undefined;
+      this.#reopenLater(
+        model,
+        (m) => this.#openResults(m),
+        () => this.#results !== undefined,
+      );
+    });
+    if (!this.#isCurrent(model)) {
+      await results.close().catch(() => undefined);
+      return;
+    }
+    this.#results = results;
+  }
+
+  async #openConsumer(model: ChannelModel): Promise<void> {
     const { host, exchange, logger } = this.#options;
     if (this.#closing) return;
+    let channel: Channel;
     try {
-      const results = await model.createConfirmChannel();
-      const channel = await model.createChannel();
+      channel = await model.createChannel();
+    } catch (error) {
+      this.#setupFailed(model, 'command queue', error);
+      return;
+    }
+    channel.on('error', (error: Error) => logger.warn({ err: error }, 'command channel error'));
+    channel.on('close', () => {
+      if (this.#consumer?.channel !== channel) return;
+      this.#consumer = undefined;
+      this.#reopenLater(
+        model,
+        (m) => this.#openConsumer(m),
+        () => this.#consumer !== undefined,
+      );
+    });
+    try {
       await assertTopology(channel, commandTopology(host, exchange));
       await channel.prefetch(32);
-      this.#results = results;
       const { consumerTag } = await channel.consume(commandQueueName(host), (message) => {
         if (message) this.#accept(channel, message);
       });
       this.#consumer = { channel, tag: consumerTag };
+      if (!this.#isCurrent(model)) {
+        this.#consumer = undefined;
+        await channel.close().catch(() => undefined);
+        return;
+      }
       logger.info({ queue: commandQueueName(host) }, 'taking stop commands');
     } catch (error) {
-      logger.error({ err: error }, 'cannot set up the command queue; reconnecting');
-      this.#options.amqp.reset('command topology failed');
+      this.#setupFailed(model, 'command queue', error);
     }
   }
 
   #accept(channel: Channel, message: ConsumeMessage): void {
+    const { logger, metrics } = this.#options;
     const parsed = parseStopCommand(message.content);
     if (typeof parsed === 'string') {
-      this.#options.logger.warn({ reason: parsed }, 'malformed stop command dropped');
-      this.#options.metrics.commands.inc({ action: 'unknown', outcome: 'malformed' });
-      channel.nack(message, false, false);
+      logger.warn({ reason: parsed }, 'malformed stop command dropped');
+      metrics.commands.inc({ action: 'unknown', outcome: 'malformed' });
+      this.#settle(channel, message, 'drop');
       return;
     }
-    const previous = this.#perDomain.get(parsed.instance_uuid) ?? Promise.resolve();
-    const task = previous.then(() => this.#execute(channel, message, parsed));
-    this.#perDomain.set(parsed.instance_uuid, task);
+    const uuid = parsed.instance_uuid;
+    const previous = this.#perDomain.get(uuid) ?? Promise.resolve();
+    const task = previous
+      .then(() => this.#execute(channel, message, parsed))
+      .catch((error: unknown) => {
+        logger.error({ err: error, command: parsed.command_id, uuid }, 'stop command failed');
+      });
+    this.#perDomain.set(uuid, task);
     this.#inProgress.add(task);
     void task.finally(() => {
       this.#inProgress.delete(task);
-      if (this.#perDomain.get(parsed.instance_uuid) === task) this.#perDomain.delete(parsed.instance_uuid);
+      if (this.#perDomain.get(uuid) === task) this.#perDomain.delete(uuid);
     });
   }
 
@@ -173,20 +258,39 @@ export class CommandExecutor {
     );
     try {
       await this.#publishResult(result);
-      channel.ack(message);
     } catch (error) {
       // The command comes back (unacked) after a reconnect; stopping again is idempotent.
       logger.warn(
         { err: error, command: command.command_id },
         'could not publish a command result; the command will be redelivered',
       );
-      channel.nack(message, false, true);
+      this.#settle(channel, message, 'requeue');
+      return;
+    }
+    this.#settle(channel, message, 'ack');
+  }
+
+  /**
+   * Acks or nacks on the channel the command came from. amqplib throws on a closed channel (the
+   * connection dropped while the command ran): the broker then redelivers the command by itself.
+   */
+  #settle(channel: Channel, message: ConsumeMessage, how: 'ack' | 'requeue' | 'drop'): void {
+    try {
+      if (how === 'ack') channel.ack(message);
+      else channel.nack(message, false, how === 'requeue');
+    } catch (error) {
+      this.#options.logger.warn(
+        { err: error, how },
+        'command channel closed before the command was settled; the broker redelivers it',
+      );
     }
   }
 
   #publishResult(result: CommandResult): Promise<void> {
     const channel = this.#results;
     if (!channel) return Promise.reject(new Error('broker not connected'));
+    // A publish on a closed channel throws inside the executor (a rejection); a channel closing with
+    // the publish unconfirmed calls back with an error (amqplib), so this always settles.
     return new Promise((resolve, reject) => {
       channel.publish(
         this.#options.exchange,
