@@ -3,7 +3,10 @@
  * flight (bounded by maxInFlight), in outbox order on one channel so per-domain order holds on the
  * wire. A record leaves the outbox only when the broker acks it. A nack or a lost channel restarts
  * publishing from the first unconfirmed record (at-least-once; consumers deduplicate by event_id and
- * seq), so nothing accepted is lost. Topology is declared on every (re)connect.
+ * seq), so nothing accepted is lost. Reopening after a nack (or a channel that closed on its own)
+ * backs off exponentially, so a queue that keeps rejecting (x-overflow: reject-publish) or a
+ * persistent broker error is not a hot loop of duplicates into the other bound queues. Topology is
+ * declared on every (re)connect.
  */
 import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
 import type { AmqpConnection } from '../amqp/connection';
@@ -20,7 +23,13 @@ export interface PublisherOptions {
   readonly maxInFlight: number;
   readonly metrics: BridgeMetrics;
   readonly logger: Logger;
+  /** First delay before reopening the channel after a nack; doubles per nack up to reopenMaxDelayMs. */
+  readonly reopenInitialDelayMs?: number;
+  readonly reopenMaxDelayMs?: number;
 }
+
+/** Confirms in a row on one channel after which the nack backoff starts again from its first step. */
+const CONFIRM_STREAK_RESET = 100;
 
 export class Publisher {
   readonly #options: PublisherOptions;
@@ -39,12 +48,22 @@ export class Publisher {
   /** Confirms by transition not yet added to the counter: one labelled increment per burst of acks. */
   readonly #published = new Map<string, number>();
   #countScheduled = false;
+  /** Nacks since the last confirm streak: the reopen delay doubles with each. */
+  #nackStreak = 0;
+  /** Nacks since start, for the log. */
+  #nacks = 0;
+  /** Confirms in a row on the current channel. */
+  #confirmStreak = 0;
+  #reopenTimer: NodeJS.Timeout | undefined;
 
   constructor(options: PublisherOptions) {
     this.#options = options;
     this.#refill = Math.max(1, Math.min(64, Math.floor(options.maxInFlight / 4)));
     options.outbox.onAppend(() => this.#pump());
-    options.connection.on('up', (model) => void this.#openChannel(model));
+    options.connection.on('up', (model) => {
+      this.#cancelReopen();
+      void this.#openChannel(model);
+    });
     options.connection.on('down', () => this.#dropChannel('connection lost'));
     options.connection.on('unblocked', () => this.#pump());
   }
@@ -72,6 +91,7 @@ export class Publisher {
 
   async close(): Promise<void> {
     this.#closed = true;
+    this.#cancelReopen();
     const channel = this.#channel;
     this.#dropChannel('closing');
     if (channel) await channel.close().catch(() => undefined);
@@ -85,11 +105,22 @@ export class Publisher {
       channel = await model.createConfirmChannel();
       await assertTopology(channel, topology);
     } catch (error) {
+      // A setup that started on a connection which dropped meanwhile fails too; resetting then would
+      // close the newer, healthy connection (whose own 'up' opens the channel).
+      if (this.#options.connection.model !== model) {
+        logger.info({ err: error }, 'publishing channel setup failed on a connection that is gone; ignored');
+        return;
+      }
       logger.error(
         { err: error },
         'cannot open the publishing channel or declare the topology; reconnecting',
       );
       this.#options.connection.reset('topology declaration failed');
+      return;
+    }
+    if (this.#closed || this.#channel || this.#options.connection.model !== model) {
+      // Closed, another open won, or the connection is gone: this channel is not needed.
+      await channel.close().catch(() => undefined);
       return;
     }
     const generation = ++this.#generation;
@@ -98,11 +129,7 @@ export class Publisher {
       if (this.#generation !== generation) return;
       this.#dropChannel('channel closed');
       // A channel-level error (e.g. an exchange deleted under us) leaves the connection up: reopen.
-      if (!this.#closed && this.#options.connection.model === model) {
-        setTimeout(() => {
-          if (!this.#channel && this.#options.connection.model === model) void this.#openChannel(model);
-        }, 250).unref();
-      }
+      this.#scheduleReopen(250);
     });
     channel.on('drain', () => {
       this.#waitingForDrain = false;
@@ -119,9 +146,39 @@ export class Publisher {
     this.#channel = channel;
     this.#cursor = 0; // republish everything unconfirmed, in order
     this.#inFlight = 0;
+    this.#confirmStreak = 0;
     this.#waitingForDrain = false;
     logger.info({ unconfirmed: this.#options.outbox.depth }, 'publishing channel open');
     this.#pump();
+  }
+
+  #cancelReopen(): void {
+    clearTimeout(this.#reopenTimer);
+    this.#reopenTimer = undefined;
+  }
+
+  /**
+   * Reopens the channel on the current connection after max(minDelayMs, the nack backoff). A new
+   * connection ('up') opens its channel itself and cancels this.
+   */
+  #scheduleReopen(minDelayMs: number): number | undefined {
+    if (this.#closed || this.#reopenTimer) return undefined;
+    const delay = Math.max(minDelayMs, this.#nackDelay());
+    this.#reopenTimer = setTimeout(() => {
+      this.#reopenTimer = undefined;
+      const model = this.#options.connection.model;
+      if (!this.#closed && !this.#channel && model) void this.#openChannel(model);
+    }, delay);
+    this.#reopenTimer.unref();
+    return delay;
+  }
+
+  /** 0 before any nack, then initial, doubling per nack in a row, capped. */
+  #nackDelay(): number {
+    if (this.#nackStreak === 0) return 0;
+    const initial = this.#options.reopenInitialDelayMs ?? 100;
+    const max = this.#options.reopenMaxDelayMs ?? 5000;
+    return Math.min(max, initial * 2 ** Math.min(this.#nackStreak - 1, 30));
   }
 
   #dropChannel(reason: string): void {
@@ -191,19 +248,30 @@ export class Publisher {
     const { metrics, outbox, logger } = this.#options;
     if (error) {
       metrics.publishFailures.inc({ reason: 'nack' });
-      logger.warn(
-        { id: record.id, routingKey: record.routingKey },
-        'broker nacked a publish; republishing from the first unconfirmed',
-      );
-      // Restart from the first unconfirmed record so order is kept; close the channel to get a fresh one.
+      this.#nacks += 1;
+      this.#nackStreak += 1;
+      // Restart from the first unconfirmed record so order is kept; close the channel to get a fresh
+      // one, after a delay that grows with every nack in a row (the record stays in the outbox).
       const channel = this.#channel;
       this.#dropChannel('nack');
       channel?.close().catch(() => undefined);
-      const model = this.#options.connection.model;
-      if (model) void this.#openChannel(model);
+      const retryInMs = this.#scheduleReopen(0);
+      logger.warn(
+        {
+          id: record.id,
+          routingKey: record.routingKey,
+          nacks: this.#nacks,
+          inARow: this.#nackStreak,
+          retryInMs,
+        },
+        'broker nacked a publish; republishing from the first unconfirmed',
+      );
       return;
     }
     outbox.confirm(record.id);
+    // A streak of confirms (or an outbox caught up) ends the nack backoff.
+    this.#confirmStreak += 1;
+    if (this.#confirmStreak >= CONFIRM_STREAK_RESET || outbox.depth === 0) this.#nackStreak = 0;
     this.#countPublished(record.transition);
     metrics.eventToConfirm.observe(Math.max(0, Date.now() / 1000 - record.occurredMicros / 1e6));
     if (outbox.depth === 0 && this.#idleWaiters.length > 0) {
