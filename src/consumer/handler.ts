@@ -70,11 +70,16 @@ const ROUND_ROWS = 500;
 
 const SUCCESS_OUTCOMES = new Set(['stopped', 'already_stopped']);
 
-/** True when the row already reflects this message or a newer one (occurred_at, then boot_id/seq). */
+/**
+ * True when the row already reflects this message or a newer one (occurred_at, then boot_id/seq).
+ * The position is set by applied lifecycle messages (their occurred_at, boot_id, seq) and by
+ * successful stop results (the bridge's finished_at, with no boot_id/seq: a result has none).
+ */
 export function isNotNewer(event: LifecycleEventIn, row: InstanceRow): boolean {
   if (row.event_at_us === null) return false;
   if (event.occurredUs !== row.event_at_us) return event.occurredUs < row.event_at_us;
-  // The same microsecond: within one bridge process seq orders; across processes treat as new.
+  // The same microsecond: within one bridge process seq orders; across processes (or against a
+  // stop result's position, which has no boot_id) treat as new.
   return event.bootId === row.event_boot_id && event.seq <= (row.event_seq ?? -1);
 }
 
@@ -515,8 +520,9 @@ export class LifecycleHandler {
 
   /**
    * A stop command's outcome from the bridge (Nova's stop_instance on the compute host): stopped or
-   * already_stopped → vm_state stopped, task cleared, power_state from the bridge's live reading;
-   * otherwise the task is cleared and the reason recorded (Nova's reverts_task_state).
+   * already_stopped → vm_state stopped, task cleared, power_state from the bridge's live reading,
+   * and the bridge's finished_at becomes the row's event position (when newer); otherwise the task
+   * is cleared and the reason recorded (Nova's reverts_task_state).
    */
   #resultTask(result: CommandResultIn): Task {
     const { logger, metrics } = this.#options;
@@ -536,8 +542,15 @@ export class LifecycleHandler {
           };
         const nowIso = isoMicros(this.#now());
         const success = SUCCESS_OUTCOMES.has(result.outcome);
+        // A successful stop is a point in the domain's history: lifecycle events sampled before it
+        // finished (on another queue, so possibly processed after this result) are out of order.
+        const advance =
+          success &&
+          result.finishedUs !== null &&
+          (row.event_at_us === null || result.finishedUs > row.event_at_us);
         const next: InstanceRow = {
           ...row,
+          ...(advance ? { event_at_us: result.finishedUs, event_boot_id: null, event_seq: null } : {}),
           vm_state: success ? 'stopped' : row.vm_state,
           task_state: row.task_state === 'powering-off' ? null : row.task_state,
           power_state: result.powerState ?? row.power_state,

@@ -589,7 +589,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
           valid.push(delivery);
         } else this.#track(this.#deadLetter(delivery, validated.reason));
       } else {
-        const validated = validateCommandResult(message.content);
+        const validated = validateCommandResult(message.content, nowUs, consumer.maxFutureSkewMs);
         if (validated.ok) {
           items.push({ kind: 'result', result: validated.value });
           valid.push(delivery);

@@ -37,6 +37,11 @@ export interface CommandResultIn {
   readonly method: string;
   readonly powerState: number | null;
   readonly error: string | null;
+  /**
+   * The bridge's finished_at (epoch microseconds, the bridge's clock like occurred_at): a successful
+   * result is a position in the row's event order. null when absent (then it is not one).
+   */
+  readonly finishedUs: number | null;
 }
 
 export type Validated<T> =
@@ -197,7 +202,15 @@ export function validateLifecycle(
   });
 }
 
-export function validateCommandResult(body: Buffer): Validated<CommandResultIn> {
+/**
+ * A stop-command result from a bridge.
+ * @param nowUs the consumer's clock, for the future-skew bound on finished_at.
+ */
+export function validateCommandResult(
+  body: Buffer,
+  nowUs: number,
+  maxFutureSkewMs: number,
+): Validated<CommandResultIn> {
   return wrap(() => {
     const record = object(parseJson(body), 'the message');
     if (record.schema !== COMMAND_RESULT_SCHEMA)
@@ -221,6 +234,10 @@ export function validateCommandResult(body: Buffer): Validated<CommandResultIn> 
       method: typeof record.method === 'string' ? record.method : 'none',
       powerState: isPowerStateCode(power) ? power : null,
       error: typeof error === 'string' ? error.slice(0, 1000) : null,
+      finishedUs:
+        record.finished_at === undefined || record.finished_at === null
+          ? null
+          : time(record, 'finished_at', nowUs + maxFutureSkewMs * 1000),
     };
   });
 }

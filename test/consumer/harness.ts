@@ -201,7 +201,8 @@ export class EventFactory {
 }
 
 /** Fake-bridge answer: what a CommandResult for a command should say. */
-export type Answer = { outcome: CommandOutcome; power_state: number; error?: string | null } | 'ignore';
+export type Answer =
+  { outcome: CommandOutcome; power_state: number; error?: string | null; finishedUs?: number } | 'ignore';
 
 /** The test's own connection to the vhost: the bridge's side of the bus, plus observers. */
 export class Bus {
@@ -272,7 +273,13 @@ export class Bus {
     this.commands.push(command);
     const answer = this.#answer?.(command) ?? 'ignore';
     if (answer === 'ignore') return;
-    void this.sendResult(command, answer.outcome, answer.power_state, answer.error ?? null);
+    void this.sendResult(
+      command,
+      answer.outcome,
+      answer.power_state,
+      answer.error ?? null,
+      answer.finishedUs,
+    );
   }
 
   async sendResult(
@@ -280,6 +287,8 @@ export class Bus {
     outcome: CommandOutcome,
     powerState: number,
     error: string | null = null,
+    /** The bridge's finished_at (epoch microseconds); now by default. */
+    finishedUs: number = nowMicros(),
   ): Promise<void> {
     const result: CommandResult = {
       schema: COMMAND_RESULT_SCHEMA,
@@ -291,7 +300,7 @@ export class Bus {
       method: outcome === 'stopped' ? 'shutdown' : 'none',
       power_state: powerState,
       error,
-      finished_at: isoMicros(nowMicros()),
+      finished_at: isoMicros(finishedUs),
     };
     await this.publishRaw(
       this.#commandExchange,
