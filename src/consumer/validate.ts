@@ -177,11 +177,17 @@ export function validateLifecycle(
     let snapshot: LifecycleEventIn['snapshot'];
     if (record.snapshot !== undefined && record.snapshot !== null) {
       const snap = object(record.snapshot, 'field snapshot');
-      snapshot = { id: text(snap, 'id', 100), takenUs: time(snap, 'taken_at', maxFutureUs) };
+      // The contract's snapshot is {id, reason, count}; taken_at is this bridge's addition, so a
+      // snapshot without it was taken when its messages say they occurred.
+      const takenUs =
+        snap.taken_at === undefined || snap.taken_at === null
+          ? occurredUs
+          : time(snap, 'taken_at', maxFutureUs);
+      snapshot = { id: text(snap, 'id', 100), takenUs };
     }
     let instanceUuids: string[] | undefined;
     if (transition === 'sync_end') {
-      if (!snapshot) fail('sync_end without snapshot.taken_at');
+      if (!snapshot) fail('sync_end without snapshot');
       const list = record.instance_uuids;
       if (!Array.isArray(list)) fail(`field instance_uuids: expected an array, got ${describe(list)}`);
       if (list.length > MAX_SNAPSHOT) fail(`field instance_uuids: more than ${MAX_SNAPSHOT} entries`);

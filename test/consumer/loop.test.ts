@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { nowMicros } from '../../src/util/time';
+import { isoMicros, nowMicros } from '../../src/util/time';
 import { testBroker } from '../support/services';
 import { Bus, EventFactory, instance, row, startConsumer, tempSqliteUrl, waitUntil } from './harness';
 
@@ -182,6 +182,42 @@ describe('stop results, timeout and sync_end (nova mode)', async () => {
     assert.equal(bus.commands.filter((c) => all.includes(c.instance_uuid)).length, 0);
     const text = await consumer.metrics.registry.metrics();
     assert.match(text, /virtbus_sync_actions_total\{action="vanished"\} 2/);
+  });
+
+  it("sync_end without snapshot.taken_at (the contract's {id, reason, count}): occurred_at is the snapshot time", async () => {
+    const HOST = 'cmp-06.example.org';
+    const [listed, vanished, changedSince] = [randomUUID(), randomUUID(), randomUUID()];
+    await consumer.store.upsert([
+      instance({ uuid: listed, host: HOST, vm_state: 'active', power_state: 1 }),
+      instance({ uuid: vanished, host: HOST, vm_state: 'active', power_state: 1 }),
+    ]);
+    await sleep(5);
+    const occurredUs = nowMicros();
+    await sleep(5);
+    await consumer.store.upsert([
+      instance({ uuid: changedSince, host: HOST, vm_state: 'active', power_state: 1 }),
+    ]);
+    const built = events.syncEnd(HOST, [listed], occurredUs);
+    const { id, reason, count } = built.snapshot as NonNullable<typeof built.snapshot>;
+    const end = { ...built, occurred_at: isoMicros(occurredUs), snapshot: { id, reason, count } };
+    await bus.publishRaw(
+      consumer.config.amqp.exchange,
+      `${HOST.replace(/\./g, '_')}.sync_end`,
+      Buffer.from(JSON.stringify(end)),
+      end.event_id,
+    );
+    assert.equal(
+      (await consumer.waitProcessed(end.event_id)).outcome,
+      'sync_end',
+      'applied, not dead-lettered',
+    );
+    assert.equal((await row(consumer.store, vanished)).power_state, 0, 'vanished: NOSTATE');
+    assert.equal((await row(consumer.store, listed)).power_state, 1, 'listed: untouched');
+    assert.equal(
+      (await row(consumer.store, changedSince)).power_state,
+      1,
+      'changed since occurred_at: untouched',
+    );
   });
 
   it('exposes the contract metrics, with no UUID or name in any label', async () => {
