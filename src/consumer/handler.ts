@@ -529,13 +529,20 @@ export class LifecycleHandler {
     return {
       uuid: result.instanceUuid,
       decide: (row) => {
-        if (!row || row.pending_command_id !== result.commandId)
+        // Only a row still in this stop takes its result: an operator (or anything else) that moved
+        // task_state on took the row out of it, and the result must not mark it stopped.
+        if (!row || row.pending_command_id !== result.commandId || row.task_state !== 'powering-off')
           return {
             outcome: 'late_result',
             effects: () => {
               logger.info(
-                { uuid: result.instanceUuid, command: result.commandId, outcome: result.outcome },
-                'result for a stop command that is no longer pending (timed out or superseded); ignored',
+                {
+                  uuid: result.instanceUuid,
+                  command: result.commandId,
+                  outcome: result.outcome,
+                  task_state: row?.task_state,
+                },
+                'result for a stop command that is no longer pending (timed out, superseded or task_state changed); ignored',
               );
               return undefined;
             },
@@ -552,7 +559,7 @@ export class LifecycleHandler {
           ...row,
           ...(advance ? { event_at_us: result.finishedUs, event_boot_id: null, event_seq: null } : {}),
           vm_state: success ? 'stopped' : row.vm_state,
-          task_state: row.task_state === 'powering-off' ? null : row.task_state,
+          task_state: null,
           power_state: result.powerState ?? row.power_state,
           pending_command_id: null,
           pending_action: null,

@@ -144,10 +144,12 @@ export function applyAssignments(row: InstanceRow, assignments: readonly string[
         next = { ...next, vm_state: validateVmState(where, value) };
         break;
       case 'task_state':
+        // A changed task_state takes the row out of any pending stop: that command's result must
+        // not complete it (the consumer ignores results for a command that is no longer pending).
         next = {
           ...next,
           task_state: value,
-          ...(value === null
+          ...(value !== next.task_state
             ? { pending_command_id: null, pending_action: null, command_deadline_ms: null }
             : {}),
         };

@@ -1,0 +1,57 @@
+/**
+ * Operator input to the store (src/store/input.ts): `virtbus instances set` assignments and
+ * `virtbus instances import` records.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { applyAssignments } from '../../src/store/input';
+import { rowFromInput } from '../../src/store/schema';
+import type { InstanceRow } from '../../src/store/types';
+
+const UUID = '6695eb01-f6a4-8304-79aa-97f2502e193f';
+
+/** A row in the middle of a stop: powering-off with a pending command. */
+function stopping(): InstanceRow {
+  return {
+    ...rowFromInput(
+      {
+        uuid: UUID,
+        host: 'cmp-01',
+        vm_state: 'active',
+        task_state: 'powering-off',
+        power_state: 4,
+        launched_at: null,
+      },
+      '2026-01-01T00:00:00.000000Z',
+    ),
+    pending_command_id: 'c0ffee00-0000-4000-8000-000000000001',
+    pending_action: 'stop',
+    command_deadline_ms: 1_800_000_000_000,
+  };
+}
+
+describe('instances set', () => {
+  for (const value of ['rebooting', 'null', '']) {
+    it(`task_state=${value} forgets the pending stop command`, () => {
+      const next = applyAssignments(stopping(), [`task_state=${value}`]);
+      assert.equal(next.task_state, value === 'rebooting' ? 'rebooting' : null);
+      assert.deepEqual(
+        [next.pending_command_id, next.pending_action, next.command_deadline_ms],
+        [null, null, null],
+      );
+    });
+  }
+
+  it('task_state set to its current value keeps the pending stop', () => {
+    const row = stopping();
+    const next = applyAssignments(row, ['task_state=powering-off']);
+    assert.equal(next.pending_command_id, row.pending_command_id);
+    assert.equal(next.command_deadline_ms, row.command_deadline_ms);
+  });
+
+  it('other keys keep the pending stop', () => {
+    const row = stopping();
+    const next = applyAssignments(row, ['power_state=1', 'display_name=web']);
+    assert.equal(next.pending_command_id, row.pending_command_id);
+  });
+});
