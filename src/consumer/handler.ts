@@ -355,6 +355,17 @@ export class LifecycleHandler {
    * was taken, are domains the hypervisor no longer has — the periodic sync sees NOSTATE.
    */
   async #syncEnd(event: LifecycleEventIn, run: StoreRunner): Promise<ItemResult> {
+    // A failure on a database that answers fails this message alone (the caller dead-letters it);
+    // an unavailable database is waited out inside `run`, and a shutdown ends the batch unacked.
+    try {
+      return await this.#syncEndRounds(event, run);
+    } catch (error) {
+      if (error instanceof ShutdownAbort) throw error;
+      return { ok: false, error: asError(error) };
+    }
+  }
+
+  async #syncEndRounds(event: LifecycleEventIn, run: StoreRunner): Promise<ItemResult> {
     const { store, metrics } = this.#options;
     const listed = new Set(event.instanceUuids ?? []);
     const takenUs = event.snapshot?.takenUs ?? event.occurredUs;

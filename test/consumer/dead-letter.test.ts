@@ -8,14 +8,25 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import type { GetMessage } from 'amqplib';
 import { connect } from 'amqplib';
 import { lifecycleRoutingKey, osloEnvelope, type LifecycleMessage } from '../../src/messages/lifecycle';
 import { REASON_HEADER } from '../../src/consumer/service';
+import { openStore } from '../../src/store/open';
+import { createLogger } from '../../src/util/log';
 import { nowMicros } from '../../src/util/time';
 import { testBroker } from '../support/services';
-import { Bus, EventFactory, instance, row, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+import {
+  Bus,
+  consumerConfig,
+  EventFactory,
+  instance,
+  row,
+  startConsumer,
+  tempSqliteUrl,
+  waitUntil,
+} from './harness';
 
 const HOST = 'cmp-dl';
 const KEY = lifecycleRoutingKey(HOST, 'stopped');
@@ -395,5 +406,62 @@ describe('malformed messages go to the dead-letter queue with a reason', async (
     } finally {
       await model.close();
     }
+  });
+});
+
+describe('a store error on a healthy database while handling sync_end', async () => {
+  const BAD = 'cmp-dl-bad';
+  const broker = await testBroker();
+  const dbUrl = tempSqliteUrl();
+  const real = openStore(consumerConfig({ VIRTBUS_DB_URL: dbUrl }).db, createLogger('silent', 'test'));
+  // The host's listing fails with an error that says nothing about availability (ping answers).
+  const store = new Proxy(real, {
+    get(target, key) {
+      if (key === 'list')
+        return (filter?: { readonly host?: string }) =>
+          filter?.host === BAD ? Promise.reject(new Error('test: listing failed')) : target.list(filter);
+      const value = Reflect.get(target, key, target) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const consumer = await startConsumer({ amqpUrl: broker.url, dbUrl, store });
+  after(() => real.close());
+  const bus = await Bus.open(broker.url, consumer.config);
+  const { deadLetterQueue } = consumer.config.consumer;
+  const events = new EventFactory();
+
+  it('dead-letters only that sync_end; the messages around it are applied and acknowledged', async () => {
+    const [first, last] = [randomUUID(), randomUUID()];
+    await consumer.store.upsert([
+      instance({ uuid: first, host: HOST, vm_state: 'active', power_state: 1 }),
+      instance({ uuid: last, host: HOST, vm_state: 'active', power_state: 1 }),
+    ]);
+    const end = events.syncEnd(BAD, [], nowMicros());
+    const messages = [events.event(HOST, first, 'paused', 3), end, events.event(HOST, last, 'paused', 3)];
+    await bus.publishLifecycle(consumer.config.amqp.exchange, messages);
+    const infos = await Promise.all(messages.map((m) => consumer.waitProcessed(m.event_id, 10000)));
+    assert.deepEqual(
+      infos.map((info) => info.outcome),
+      ['synced', 'dead_lettered', 'synced'],
+    );
+    assert.equal((await row(consumer.store, first)).power_state, 3);
+    assert.equal((await row(consumer.store, last)).power_state, 3);
+    await waitUntil(
+      'the dead letter',
+      async () => (await bus.queueCounts(deadLetterQueue)).messageCount === 1,
+      5000,
+    );
+    const [dead] = await bus.drain(deadLetterQueue);
+    assert.equal(dead?.properties.messageId, end.event_id);
+    assert.match(
+      String(dead?.properties.headers?.[REASON_HEADER]),
+      /^processing failed: test: listing failed/,
+    );
+    await waitUntil(
+      'nothing left in the queue or in flight',
+      async () => (await bus.queueCounts(consumer.config.consumer.queue)).messageCount === 0,
+      5000,
+    );
+    assert.match(await consumer.metrics.registry.metrics(), /^virtbus_db_up 1$/m);
   });
 });
