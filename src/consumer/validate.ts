@@ -227,7 +227,10 @@ export function validateCommandResult(
     const outcome = record.outcome;
     if (typeof outcome !== 'string' || !(OUTCOMES as readonly string[]).includes(outcome))
       fail(`field outcome: unknown outcome ${describe(outcome)}`);
+    if (!('power_state' in record)) fail('missing field power_state');
     const power = record.power_state;
+    if (power !== null && !isPowerStateCode(power))
+      fail(`field power_state: ${describe(power)} is not a Nova power_state code (0, 1, 3, 4, 6, 7) or null`);
     const error = record.error;
     if (error !== undefined && error !== null && typeof error !== 'string')
       fail(`field error: expected a string or null, got ${describe(error)}`);
@@ -238,7 +241,7 @@ export function validateCommandResult(
       instanceUuid: uuid(record.instance_uuid, 'instance_uuid'),
       outcome: outcome as CommandOutcome,
       method: typeof record.method === 'string' ? record.method : 'none',
-      powerState: isPowerStateCode(power) ? power : null,
+      powerState: power,
       error: typeof error === 'string' ? error.slice(0, 1000) : null,
       finishedUs:
         record.finished_at === undefined || record.finished_at === null

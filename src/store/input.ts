@@ -3,7 +3,7 @@
  * of objects) and `virtbus instances set UUID key=value…`. Problems name the record and the field.
  */
 import { isPowerStateCode, VM_STATES, type InstanceInput, type InstanceRow } from './types';
-import { isoMicros, parseIsoMicros } from '../util/time';
+import { isoMicros, parseIsoMicros, utcMillis } from '../util/time';
 
 export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -29,13 +29,27 @@ const RESERVED_KEYS = new Set([
   'attrs',
 ]);
 
-/** ISO-8601 (with or without fraction, Z or offset) → the store's UTC form with microseconds. */
+/** Operator times: a date, optionally a time (T or space) with up to 6 fraction digits and an offset. */
+const ISO_INPUT =
+  /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?(?:(Z)|([+-])(\d{2}):?(\d{2}))?)?$/i;
+
+/**
+ * ISO-8601 (with or without fraction, Z or offset; no offset is UTC, as Nova's naive UTC datetimes)
+ * → the store's UTC form with microseconds; undefined unless the date and time exist.
+ */
 export function normalizeTime(value: string): string | undefined {
   const micros = parseIsoMicros(value);
   if (!Number.isNaN(micros)) return isoMicros(micros);
-  const millis = Date.parse(value);
-  if (Number.isNaN(millis) || !/^\d{4}-\d{2}-\d{2}/.test(value)) return undefined;
-  return isoMicros(millis * 1000);
+  const match = ISO_INPUT.exec(value);
+  if (!match) return undefined;
+  const part = (index: number): number => Number(match[index] ?? 0);
+  const millis = utcMillis(part(1), part(2), part(3), part(4), part(5), part(6));
+  const offsetHours = part(10);
+  const offsetMinutes = part(11);
+  if (Number.isNaN(millis) || offsetHours > 23 || offsetMinutes > 59) return undefined;
+  const offsetMs = (match[9] === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
+  const fraction = Number((match[7] ?? '').padEnd(6, '0'));
+  return isoMicros((millis - offsetMs) * 1000 + fraction);
 }
 
 function field(where: string, key: string, problem: string): InputError {

@@ -117,6 +117,26 @@ function badMessages(valid: () => LifecycleMessage): Bad[] {
       reason: /^field occurred_at: not an ISO-8601/,
     },
     {
+      name: 'occurred_at on February 30',
+      body: { ...base(), occurred_at: '2026-02-30T10:00:00Z' },
+      reason: /^field occurred_at: not an ISO-8601/,
+    },
+    {
+      name: 'occurred_at at 24:00',
+      body: { ...base(), occurred_at: '2026-02-27T24:00:00Z' },
+      reason: /^field occurred_at: not an ISO-8601/,
+    },
+    {
+      name: 'occurred_at with an expanded year',
+      body: { ...base(), occurred_at: '+002026-02-27T10:00:00Z' },
+      reason: /^field occurred_at: not an ISO-8601/,
+    },
+    {
+      name: 'occurred_at with a local offset',
+      body: { ...base(), occurred_at: '2026-02-27T10:00:00+01:00' },
+      reason: /^field occurred_at: not an ISO-8601/,
+    },
+    {
       name: 'occurred_at in 1970',
       body: { ...base(), occurred_at: '1970-01-01T00:00:00Z' },
       reason: /^field occurred_at: .* is before 2000/,
@@ -359,6 +379,25 @@ describe('malformed messages go to the dead-letter queue with a reason', async (
       ),
       ids[2] as string,
     );
+    const result = (power: unknown): Buffer =>
+      Buffer.from(
+        JSON.stringify({
+          schema: 'virtbus.command-result/1',
+          command_id: 'c',
+          action: 'stop',
+          host: HOST,
+          instance_uuid: randomUUID(),
+          outcome: 'stopped',
+          method: 'shutdown',
+          power_state: power,
+          error: null,
+          finished_at: new Date().toISOString(),
+        }),
+      );
+    ids.push(randomUUID(), randomUUID(), randomUUID());
+    await bus.publishRaw(consumer.config.amqp.commandExchange, key, result(99), ids[3] as string);
+    await bus.publishRaw(consumer.config.amqp.commandExchange, key, result('4'), ids[4] as string);
+    await bus.publishRaw(consumer.config.amqp.commandExchange, key, result(undefined), ids[5] as string);
     await Promise.all(ids.map((id) => consumer.waitProcessed(id)));
     const results = await bus.drain(deadLetterQueue);
     const reasons = new Map(
@@ -367,6 +406,9 @@ describe('malformed messages go to the dead-letter queue with a reason', async (
     assert.match(reasons.get(ids[0] as string) ?? '', /^body is not JSON/);
     assert.match(reasons.get(ids[1] as string) ?? '', /^unknown schema "virtbus.command-result\/9"/);
     assert.match(reasons.get(ids[2] as string) ?? '', /^field outcome: unknown outcome "vaporised"/);
+    assert.match(reasons.get(ids[3] as string) ?? '', /^field power_state: 99 is not a Nova power_state/);
+    assert.match(reasons.get(ids[4] as string) ?? '', /^field power_state: "4" is not a Nova power_state/);
+    assert.match(reasons.get(ids[5] as string) ?? '', /^missing field power_state/);
     assert.ok(
       results.every(
         (m) => m.properties.headers?.['x-virtbus-queue'] === consumer.config.consumer.resultQueue,

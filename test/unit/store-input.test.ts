@@ -4,7 +4,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyAssignments } from '../../src/store/input';
+import { applyAssignments, normalizeTime } from '../../src/store/input';
 import { rowFromInput } from '../../src/store/schema';
 import type { InstanceRow } from '../../src/store/types';
 
@@ -54,4 +54,19 @@ describe('instances set', () => {
     const next = applyAssignments(row, ['power_state=1', 'display_name=web']);
     assert.equal(next.pending_command_id, row.pending_command_id);
   });
+});
+
+describe('imported times', () => {
+  it('normalises ISO-8601 with any offset to UTC microseconds', () => {
+    assert.equal(normalizeTime('2026-08-20T10:00:30Z'), '2026-08-20T10:00:30.000000Z');
+    assert.equal(normalizeTime('2026-08-20T10:00:30.5+02:00'), '2026-08-20T08:00:30.500000Z');
+    assert.equal(normalizeTime('2026-08-20T01:00:00-0130'), '2026-08-20T02:30:00.000000Z');
+    assert.equal(normalizeTime('2026-08-20 10:00:30'), '2026-08-20T10:00:30.000000Z');
+    assert.equal(normalizeTime('2026-08-20'), '2026-08-20T00:00:00.000000Z');
+  });
+
+  for (const bad of ['2026-02-30T10:00:00Z', '2026-02-27T24:00:00+01:00', '+002026-02-27T10:00:00Z', 'soon'])
+    it(`rejects ${JSON.stringify(bad)}`, () => {
+      assert.equal(normalizeTime(bad), undefined);
+    });
 });
