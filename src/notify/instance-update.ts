@@ -9,6 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import { POWER_STATE_NAMES, type PowerStateCode } from '../libvirt/constants';
 import type { InstanceRow } from '../store/types';
+import { normalizeTime } from '../store/input';
 import { novaDateTime, osloTimestamp, parseIsoMicros } from '../util/time';
 
 export const INSTANCE_UPDATE_EVENT = 'instance.update';
@@ -62,6 +63,16 @@ function novaTime(value: string | null | undefined): string | null {
   if (!value) return null;
   const micros = parseIsoMicros(value);
   return Number.isNaN(micros) ? null : novaDateTime(micros);
+}
+
+/**
+ * A datetime attribute (terminated_at, deleted_at) → Nova's notification datetime, as the columns
+ * are: imports normalise them, and a value stored before that is normalised here; else null.
+ */
+function novaAttrTime(row: InstanceRow, key: string): string | null {
+  const value = row.attrs[key];
+  if (typeof value !== 'string') return null;
+  return novaTimeFast(normalizeTime(value));
 }
 
 /** Nova's current audit period under the default `month` unit: first of this month → now. */
@@ -122,8 +133,8 @@ export function instanceUpdatePayload(
     ramdisk_id: attr(row, 'ramdisk_id', ''),
     created_at: novaTime(row.created_at),
     launched_at: novaTime(row.launched_at),
-    terminated_at: attr(row, 'terminated_at'),
-    deleted_at: attr(row, 'deleted_at'),
+    terminated_at: novaAttrTime(row, 'terminated_at'),
+    deleted_at: novaAttrTime(row, 'deleted_at'),
     updated_at: novaTime(row.updated_at),
     state: row.vm_state,
     power_state: powerStateString(row.power_state),
@@ -244,8 +255,6 @@ const ATTR_DEFAULTS: Readonly<Record<string, unknown>> = {
   key_name: null,
   kernel_id: '',
   ramdisk_id: '',
-  terminated_at: null,
-  deleted_at: null,
   progress: 0,
   ip_addresses: [],
   metadata: {},
@@ -361,8 +370,8 @@ export function encodeInstanceUpdate(
     attrMember(attrs, 'ramdisk_id') +
     member('created_at', novaTimeFast(row.created_at)) +
     member('launched_at', novaTimeFast(row.launched_at)) +
-    attrMember(attrs, 'terminated_at') +
-    attrMember(attrs, 'deleted_at') +
+    member('terminated_at', novaAttrTime(row, 'terminated_at')) +
+    member('deleted_at', novaAttrTime(row, 'deleted_at')) +
     member('updated_at', novaTimeFast(row.updated_at)) +
     member('state', row.vm_state) +
     member('power_state', powerStateString(row.power_state)) +

@@ -12,7 +12,9 @@ export class InputError extends Error {
 }
 
 const CORE_KEYS = new Set(['uuid', 'host', 'vm_state', 'task_state', 'power_state', 'launched_at']);
-/** Columns the store owns; an import never sets them. */
+/** Nova datetimes an import may carry: created_at (a column) and attributes, normalised to UTC. */
+const IMPORT_TIMES = new Set(['created_at', 'terminated_at', 'deleted_at']);
+/** Columns the store owns; an import never sets them (created_at only from an import, see above). */
 const RESERVED_KEYS = new Set([
   'created_at',
   'updated_at',
@@ -96,10 +98,11 @@ export function parseInstance(where: string, value: unknown): InstanceInput {
     throw field(where, 'uuid', `must be a UUID (got ${JSON.stringify(record.uuid)})`);
   const attrs: Record<string, unknown> = {};
   for (const [key, item] of Object.entries(record)) {
-    if (CORE_KEYS.has(key)) continue;
+    if (CORE_KEYS.has(key) || key === 'created_at') continue;
     if (RESERVED_KEYS.has(key)) continue;
-    attrs[key] = item;
+    attrs[key] = IMPORT_TIMES.has(key) ? optionalTime(where, key, item) : item;
   }
+  const createdAt = optionalTime(where, 'created_at', record.created_at);
   return {
     uuid: record.uuid.toLowerCase(),
     host: optionalText(where, 'host', record.host),
@@ -107,6 +110,7 @@ export function parseInstance(where: string, value: unknown): InstanceInput {
     task_state: optionalText(where, 'task_state', record.task_state),
     power_state: validatePowerState(where, record.power_state ?? 0),
     launched_at: optionalTime(where, 'launched_at', record.launched_at),
+    ...(createdAt ? { created_at: createdAt } : {}),
     attrs,
   };
 }
@@ -179,7 +183,10 @@ export function applyAssignments(row: InstanceRow, assignments: readonly string[
           throw new InputError(
             `${key}: cannot be set (settable: host, vm_state, task_state, power_state, launched_at, or an attribute name)`,
           );
-        next = { ...next, attrs: { ...next.attrs, [key]: value } };
+        next = {
+          ...next,
+          attrs: { ...next.attrs, [key]: IMPORT_TIMES.has(key) ? optionalTime(where, key, value) : value },
+        };
     }
   }
   return next;

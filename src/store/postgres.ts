@@ -112,6 +112,7 @@ const UPSERT_SQL = `INSERT INTO instances (${INSERT_COLUMNS.join(', ')})
   ON CONFLICT (uuid) DO UPDATE SET host = excluded.host, vm_state = excluded.vm_state,
     task_state = excluded.task_state, power_state = excluded.power_state,
     launched_at = excluded.launched_at, attrs = excluded.attrs, updated_at = excluded.updated_at,
+    created_at = CASE WHEN $${INSERT_COLUMNS.length + 1}::boolean THEN excluded.created_at ELSE instances.created_at END,
     pending_command_id = NULL, pending_action = NULL, command_deadline_ms = NULL,
     version = instances.version + 1
   RETURNING (xmax = 0) AS inserted`;
@@ -309,7 +310,8 @@ export class PostgresStore implements InstanceStore {
         const result = await client.query<{ inserted: boolean }>({
           name: 'virtbus_upsert',
           text: UPSERT_SQL,
-          values: [row.uuid, ...mutableValues(row), row.created_at, row.version],
+          // An import that gives created_at replaces it; otherwise a replaced row keeps its own.
+          values: [row.uuid, ...mutableValues(row), row.created_at, row.version, Boolean(input.created_at)],
         });
         if (result.rows[0]?.inserted) inserted += 1;
         else updated += 1;

@@ -175,7 +175,7 @@ export function rowFromInput(input: InstanceInput, now: string): InstanceRow {
     task_state: input.task_state,
     power_state: input.power_state,
     launched_at: input.launched_at,
-    created_at: now,
+    created_at: input.created_at ?? now,
     updated_at: now,
     event_at_us: null,
     event_boot_id: null,

@@ -116,6 +116,7 @@ export class SqliteStore implements InstanceStore {
        ON CONFLICT (uuid) DO UPDATE SET host = excluded.host, vm_state = excluded.vm_state,
          task_state = excluded.task_state, power_state = excluded.power_state,
          launched_at = excluded.launched_at, attrs = excluded.attrs, updated_at = excluded.updated_at,
+         created_at = CASE WHEN ? THEN excluded.created_at ELSE instances.created_at END,
          pending_command_id = NULL, pending_action = NULL, command_deadline_ms = NULL,
          version = instances.version + 1`,
     );
@@ -228,7 +229,9 @@ export class SqliteStore implements InstanceStore {
         const row = rowFromInput(input, now);
         if (this.#exists.get(row.uuid)) updated += 1;
         else inserted += 1;
-        this.#upsert.run(row.uuid, ...mutableValues(row), row.created_at, row.version);
+        // An import that gives created_at replaces it; otherwise a replaced row keeps its own.
+        const keep = input.created_at ? 1 : 0;
+        this.#upsert.run(row.uuid, ...mutableValues(row), row.created_at, row.version, keep);
       }
       return { inserted, updated };
     });

@@ -69,6 +69,8 @@ export interface InstanceInput {
   readonly task_state: string | null;
   readonly power_state: number;
   readonly launched_at: string | null;
+  /** Nova's created_at when the import gives it (normalised UTC); otherwise the import time. */
+  readonly created_at?: string | null;
   readonly attrs?: Readonly<Record<string, unknown>>;
 }
 

@@ -79,6 +79,7 @@ for (const backend of ['sqlite', 'postgres'] as const) {
     const dbUrl = backend === 'sqlite' ? tempSqliteUrl() : await testPostgresUrl();
     const env = { VIRTBUS_DB_URL: dbUrl };
     const [a, b, c] = [randomUUID(), randomUUID(), randomUUID()];
+    const started = new Date().toISOString();
 
     it('imports a JSON array', async () => {
       const file = join(dir, `${backend}-rows.json`);
@@ -112,10 +113,10 @@ for (const backend of ['sqlite', 'postgres'] as const) {
 
     it('imports NDJSON from stdin, replacing an existing row', async () => {
       const ndjson = [
-        `{"uuid": "${c}", "host": "cmp-01", "vm_state": "paused", "task_state": null, "power_state": 3, "launched_at": "2026-08-20T10:00:30.5+02:00"}`,
+        `{"uuid": "${c}", "host": "cmp-01", "vm_state": "paused", "task_state": null, "power_state": 3, "launched_at": "2026-08-20T10:00:30.5+02:00", "created_at": "2026-08-19T12:00:00+02:00"}`,
         '',
         '# a comment',
-        `{"uuid": "${b.toUpperCase()}", "host": "cmp-02", "vm_state": "stopped", "task_state": null, "power_state": 4, "launched_at": null, "display_name": "db-1"}`,
+        `{"uuid": "${b.toUpperCase()}", "host": "cmp-02", "vm_state": "stopped", "task_state": null, "power_state": 4, "launched_at": null, "display_name": "db-1", "created_at": "2026-08-01 09:00:00", "terminated_at": "2026-08-21T10:00:00+02:00"}`,
       ].join('\n');
       const run = await virtbus(['instances', 'import', '-'], env, ndjson);
       assert.equal(run.code, 0, run.stderr);
@@ -149,7 +150,14 @@ for (const backend of ['sqlite', 'postgres'] as const) {
         },
       );
       assert.equal(byUuid.get(c)?.launched_at, '2026-08-20T08:00:30.500000Z', 'offsets normalised to UTC');
-      assert.deepEqual(byUuid.get(b)?.attrs, { display_name: 'db-1' });
+      assert.deepEqual(byUuid.get(b)?.attrs, {
+        display_name: 'db-1',
+        terminated_at: '2026-08-21T08:00:00.000000Z',
+      });
+      // Nova's created_at from the import (inserted and replaced rows); the import time otherwise.
+      assert.equal(byUuid.get(c)?.created_at, '2026-08-19T10:00:00.000000Z');
+      assert.equal(byUuid.get(b)?.created_at, '2026-08-01T09:00:00.000000Z');
+      assert.ok(String(byUuid.get(a)?.created_at) >= started.slice(0, 19), 'no created_at: the import time');
       const host = await virtbus(['instances', 'list', '--json', '--host', 'cmp-02'], env);
       assert.deepEqual(
         (JSON.parse(host.stdout) as Array<{ uuid: string }>).map((row) => row.uuid),

@@ -7,6 +7,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildInstanceUpdate, encodeInstanceUpdate } from '../../src/notify/instance-update';
 import type { InstanceRow } from '../../src/store/types';
+import { parseInstance } from '../../src/store/input';
+import { rowFromInput } from '../../src/store/schema';
 import { isoMicros } from '../../src/util/time';
 
 /** A deterministic pseudo-random generator (mulberry32). */
@@ -158,5 +160,56 @@ describe('instance.update wire form', () => {
         encodeInstanceUpdate(row, row, { nowMicros, ids }).body.toString('utf8'),
         JSON.stringify(buildInstanceUpdate(row, row, { nowMicros, ids }).envelope),
       );
+  });
+});
+
+/** An imported row, as `virtbus instances import` stores it. */
+function parseRow(record: Record<string, unknown>): InstanceRow {
+  return rowFromInput(parseInstance('test', record), '2026-11-27T08:00:00.000000Z');
+}
+
+const OPTIONS = {
+  nowMicros: Date.UTC(2026, 10, 27, 9) * 1000,
+  ids: { message: 'm', request: 'r', unique: 'u' },
+};
+
+/** The payload's nova_object.data of a wire body. */
+function payloadData(body: string): Record<string, unknown> {
+  const envelope = JSON.parse(body) as { 'oslo.message': string };
+  const inner = JSON.parse(envelope['oslo.message']) as {
+    payload: { 'nova_object.data': Record<string, unknown> };
+  };
+  return inner.payload['nova_object.data'];
+}
+
+describe('instance.update datetimes', () => {
+  it("created_at, launched_at, terminated_at and deleted_at all in Nova's datetime format", () => {
+    const row = parseRow({
+      uuid: '6695eb01-f6a4-8304-79aa-97f2502e193f',
+      host: 'cmp-01',
+      vm_state: 'deleted',
+      power_state: 4,
+      launched_at: '2026-08-20T10:00:30.5+02:00',
+      created_at: '2026-08-19 12:00:00',
+      terminated_at: '2026-08-21T10:00:00.123456Z',
+      deleted_at: '2026-08-21T12:00:01+02:00',
+    });
+    for (const body of [
+      JSON.stringify(buildInstanceUpdate(row, row, OPTIONS).envelope),
+      encodeInstanceUpdate(row, row, OPTIONS).body.toString('utf8'),
+    ]) {
+      const data = payloadData(body);
+      assert.deepEqual(
+        [data.created_at, data.launched_at, data.terminated_at, data.deleted_at],
+        ['2026-08-19T12:00:00Z', '2026-08-20T08:00:30Z', '2026-08-21T10:00:00Z', '2026-08-21T10:00:01Z'],
+      );
+    }
+  });
+
+  it('a datetime attribute stored unnormalised (before imports normalised it) is formatted too', () => {
+    const row = parseRow({ uuid: '6695eb01-f6a4-8304-79aa-97f2502e193f', host: 'cmp-01' });
+    const raw = { ...row, attrs: { terminated_at: '2026-08-21 10:00:00', deleted_at: 'garbage' } };
+    const data = payloadData(encodeInstanceUpdate(raw, raw, OPTIONS).body.toString('utf8'));
+    assert.deepEqual([data.terminated_at, data.deleted_at], ['2026-08-21T10:00:00Z', null]);
   });
 });
