@@ -174,13 +174,32 @@ export class Bridge {
     const { config, binding, logger } = this.#deps;
     logger.info('bridge stopping');
     clearInterval(this.#periodic);
-    await this.#commands.stop();
-    // Stop intake: close libvirt first (callbacks deregistered), then dispatch what was already queued.
-    await this.#libvirt.close();
+    // One deadline for the whole graceful part: a wedged libvirtd, a command in its graceful
+    // shutdown or an outbox that is full while the broker is away must not hold SIGTERM forever.
+    // What is not done by then stays where it is: journaled messages in the outbox, queued events
+    // and running commands are repaired by the next start's snapshot and the command's redelivery.
+    const deadline = Date.now() + config.bridge.shutdownTimeoutMs;
+    const phase = async (name: string, work: Promise<unknown>, atLeastMs = 0): Promise<void> => {
+      if (!(await within(work, Math.max(atLeastMs, deadline - Date.now()))))
+        logger.warn(
+          { phase: name, timeoutMs: config.bridge.shutdownTimeoutMs },
+          'shutdown timeout in a phase',
+        );
+    };
+    await phase('commands', this.#commands.stop());
+    // Dispatch what is already queued while libvirt is still connected, so power states are live
+    // (and held stops flushed with flushDelayedOnShutdown are sampled), then stop intake.
     this.#pump.wake();
-    await this.#pump.settled();
-    await this.#dispatcher.shutdown(config.bridge.flushDelayedOnShutdown);
-    const confirmed = await this.#publisher.waitIdle(config.bridge.shutdownTimeoutMs);
+    await phase('dispatch', this.#pump.settled());
+    await phase('delayed stops', this.#dispatcher.shutdown(config.bridge.flushDelayedOnShutdown));
+    // libvirt gets a moment even past the deadline: its callbacks are deregistered by the close.
+    await phase('libvirt close', this.#libvirt.close(), 2000);
+    this.#pump.wake(); // what arrived before the callbacks were deregistered
+    await phase(
+      'dispatch',
+      this.#pump.settled().then(() => this.#dispatcher.shutdown(false)),
+    );
+    const confirmed = await this.#publisher.waitIdle(Math.max(0, deadline - Date.now()));
     if (!confirmed) {
       logger.warn(
         { unconfirmed: this.#outbox.depth, timeoutMs: config.bridge.shutdownTimeoutMs },
@@ -193,5 +212,22 @@ export class Bridge {
     binding.stopEventLoop();
     await this.#metricsServer?.close();
     logger.info({ unconfirmed: this.#outbox.depth }, 'bridge stopped');
+  }
+}
+
+/** Resolves true when `work` settles within `ms`, false when the time runs out first. */
+async function within(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), Math.max(0, ms));
+  });
+  const settled = work.then(
+    () => true as const,
+    () => true as const,
+  );
+  try {
+    return await Promise.race([settled, timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }

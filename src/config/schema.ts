@@ -293,7 +293,7 @@ export const schema = {
       env: 'VIRTBUS_RESYNC_INTERVAL',
     },
     shutdownTimeoutMs: {
-      doc: 'On SIGTERM/SIGINT, how long to wait for outstanding broker confirms before closing.',
+      doc: 'On SIGTERM/SIGINT, the bound of the whole graceful shutdown: running stop commands, dispatching the queued events and the outstanding broker confirms. What is unconfirmed then stays in the journal; running commands are redelivered.',
       format: 'nat',
       default: 10000,
       env: 'VIRTBUS_SHUTDOWN_TIMEOUT_MS',

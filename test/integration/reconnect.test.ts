@@ -1,7 +1,8 @@
 /**
  * Connection life of the bridge: a libvirtd that is down at start is waited for; the broker URL list
  * is tried round-robin; periodic snapshots; SIGTERM while the broker is away keeps every accepted
- * message in the journal and the next start publishes it.
+ * message in the journal and the next start publishes it; SIGTERM with a full journal and no broker
+ * is bounded by bridge.shutdownTimeoutMs.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -153,6 +154,45 @@ describe('bridge connections', () => {
       );
     } finally {
       assert.deepEqual(await bridge.stop(), { code: 0, signal: null });
+      await driver.close();
+    }
+  });
+
+  it('SIGTERM with the journal full and the broker away still exits, within bridge.shutdownTimeoutMs', async () => {
+    const [libvirtd, rabbit] = await Promise.all([testLibvirtd(), ownRabbitNode({ name: 'virtbus-rc4' })]);
+    const bridge = startVirtbus('bridge', {
+      VIRTBUS_HOST: 'rc4',
+      VIRTBUS_LIBVIRT_URI: libvirtd.uri,
+      VIRTBUS_AMQP_URL: rabbit.url,
+      VIRTBUS_OUTBOX_MAX_BYTES: '16384', // about twenty messages
+      VIRTBUS_SHUTDOWN_TIMEOUT_MS: '1500',
+      VIRTBUS_STOP_DELAY_MS: '0',
+    });
+    const driver = await openDriver(libvirtd.uri);
+    try {
+      await bridge.waitForLog('the publishing channel', (l) => l.msg === 'publishing channel open');
+      await rabbit.stop();
+      await bridge.waitForLog(
+        'the broker loss',
+        (l) => typeof l.msg === 'string' && l.msg.includes('broker connection lost'),
+      );
+      for (let i = 0; i < 120; i += 1) await driver.createXML(domainXml(`full-${i}`));
+      await sleep(1000);
+      const held = metricValue(await scrape(await bridge.metricsUrl()), 'virtbus_outbox_depth') ?? 0;
+      assert.ok(
+        held > 0 && held < 120,
+        `the journal is full: it holds ${held} of the 120 events, intake waits`,
+      );
+      const started = Date.now();
+      const stopped = await bridge.stop('SIGTERM');
+      const tookMs = Date.now() - started;
+      assert.deepEqual(stopped, { code: 0, signal: null }, 'a clean exit');
+      assert.ok(tookMs < 1500 + 5000, `stopped in ${tookMs} ms (timeout 1500 ms, plus libvirt's close)`);
+      assert.ok(
+        bridge.logs.some((l) => l.msg === 'shutdown timeout in a phase'),
+        'the phase that could not finish is named in the log',
+      );
+    } finally {
       await driver.close();
     }
   });
