@@ -70,6 +70,9 @@ export class MemoryOutbox implements Outbox {
   async append(inputs: readonly OutboxInput[]): Promise<void> {
     for (const input of inputs) {
       while (this.#depth >= this.capacity) {
+        // Tell the publisher about what this batch added so far: it may be idle, and only its
+        // confirms make room (a batch larger than the free space would otherwise wait forever).
+        for (const listener of this.#appendListeners) listener();
         await new Promise<void>((resolve) => this.#spaceWaiters.push(resolve));
       }
       this.#records.push({ ...input, id: this.#nextId });

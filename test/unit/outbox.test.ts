@@ -100,4 +100,23 @@ describe('MemoryOutbox', () => {
     await outbox.append([input(2), input(3)]);
     assert.equal(calls, 2);
   });
+
+  it('a batch larger than the free space tells the publisher what it added before waiting', async () => {
+    const outbox = new MemoryOutbox(2);
+    // A publisher that only reads (and here confirms) when it is told something was appended.
+    let cursor = 0;
+    outbox.onAppend(() => {
+      for (const record of outbox.readAfter(cursor, 100)) {
+        cursor = record.id;
+        setImmediate(() => outbox.confirm(record.id));
+      }
+    });
+    const appended = outbox.append([input(1), input(2), input(3), input(4), input(5)]);
+    const outcome = await Promise.race([
+      appended.then(() => 'appended'),
+      new Promise((resolve) => setTimeout(() => resolve('stuck'), 1000)),
+    ]);
+    assert.equal(outcome, 'appended');
+    assert.equal(cursor, 5, 'every record reached the publisher');
+  });
 });
