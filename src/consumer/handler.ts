@@ -16,6 +16,7 @@
  * lifecycle message records its position (occurred_at, boot_id, seq) in the row; a message that is
  * not newer than that is ignored, which makes redelivery and reordering harmless.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { PowerState } from '../libvirt/constants';
 import { COMMAND_SCHEMA, newCommandId, type CommandAction, type StopCommand } from '../messages/command';
 import type { Notifier } from '../notify/notifier';
@@ -62,8 +63,13 @@ export type ItemResult =
  */
 export type StoreRunner = <T>(call: () => Promise<T>) => Promise<T>;
 
-/** After this many lost compare-and-swap races on one row, something is wrong: fail its messages. */
-const MAX_CAS_ATTEMPTS = 100;
+/**
+ * Lost compare-and-swap races are retried, after a short randomised backoff that grows to
+ * CAS_BACKOFF_MAX_MS (so racing consumers or a busy operator stop colliding), for as long as
+ * CAS_BUDGET_MS; only a row that keeps changing for that long fails its messages (dead-lettered).
+ */
+const CAS_BACKOFF_MAX_MS = 20;
+const CAS_BUDGET_MS = 30_000;
 
 /** sync_end candidates and expired commands per store round. */
 const ROUND_ROWS = 500;
@@ -205,7 +211,15 @@ export class LifecycleHandler {
   async #rounds(tasks: readonly Task[], run: StoreRunner): Promise<TaskResult[]> {
     const results: TaskResult[] = new Array<TaskResult>(tasks.length);
     let pending: number[] = tasks.map((_, index) => index);
-    for (let attempt = 1; pending.length > 0 && attempt <= MAX_CAS_ATTEMPTS; attempt += 1) {
+    const deadline = Date.now() + CAS_BUDGET_MS;
+    let attempt = 0;
+    while (pending.length > 0) {
+      attempt += 1;
+      if (attempt > 1) {
+        if (Date.now() >= deadline) break;
+        // Lost races: let the other writer finish before reading the rows again.
+        if (attempt > 2) await sleep(Math.random() * Math.min(CAS_BACKOFF_MAX_MS, 2 ** (attempt - 2)));
+      }
       const byUuid = new Map<string, number[]>();
       for (const index of pending) {
         const uuid = (tasks[index] as Task).uuid;
@@ -266,7 +280,9 @@ export class LifecycleHandler {
       const uuid = (tasks[index] as Task).uuid;
       results[index] = {
         ok: false,
-        error: new CasExhausted(`instance ${uuid}: lost ${MAX_CAS_ATTEMPTS} compare-and-swap races in a row`),
+        error: new CasExhausted(
+          `instance ${uuid}: lost ${attempt - 1} compare-and-swap races in a row over ${CAS_BUDGET_MS} ms`,
+        ),
       };
     }
     return results;

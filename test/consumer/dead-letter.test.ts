@@ -14,6 +14,7 @@ import { connect } from 'amqplib';
 import { lifecycleRoutingKey, osloEnvelope, type LifecycleMessage } from '../../src/messages/lifecycle';
 import { REASON_HEADER } from '../../src/consumer/service';
 import { openStore } from '../../src/store/open';
+import type { Decide } from '../../src/store/types';
 import { createLogger } from '../../src/util/log';
 import { nowMicros } from '../../src/util/time';
 import { testBroker } from '../support/services';
@@ -505,5 +506,44 @@ describe('a store error on a healthy database while handling sync_end', async ()
       5000,
     );
     assert.match(await consumer.metrics.registry.metrics(), /^virtbus_db_up 1$/m);
+  });
+});
+
+describe('a row that keeps losing its compare-and-swap', async () => {
+  const broker = await testBroker();
+  const dbUrl = tempSqliteUrl();
+  const real = openStore(consumerConfig({ VIRTBUS_DB_URL: dbUrl }).db, createLogger('silent', 'test'));
+  const contested = randomUUID();
+  /** Rounds in which another writer wins the race for `contested` (more than the old limit of 100). */
+  let losses = 150;
+  const store = new Proxy(real, {
+    get(target, key) {
+      if (key === 'apply')
+        return async (uuids: readonly string[], decide: Decide): Promise<ReadonlySet<string>> => {
+          if (losses === 0 || !uuids.includes(contested)) return target.apply(uuids, decide);
+          losses -= 1;
+          // Decided on the rows as read, but the write loses: nothing is written.
+          await target.apply(uuids, (rows) => (decide(rows), []));
+          return new Set([contested]);
+        };
+      const value = Reflect.get(target, key, target) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const consumer = await startConsumer({ amqpUrl: broker.url, dbUrl, store });
+  after(() => real.close());
+  const bus = await Bus.open(broker.url, consumer.config);
+  const events = new EventFactory();
+
+  it('is retried with a backoff until its write wins, not dead-lettered', async () => {
+    await consumer.store.upsert([
+      instance({ uuid: contested, host: HOST, vm_state: 'active', power_state: 1 }),
+    ]);
+    const paused = events.event(HOST, contested, 'paused', 3);
+    await bus.publishLifecycle(consumer.config.amqp.exchange, [paused]);
+    assert.equal((await consumer.waitProcessed(paused.event_id, 20000)).outcome, 'synced');
+    assert.equal(losses, 0);
+    assert.equal((await row(consumer.store, contested)).power_state, 3);
+    assert.match(await consumer.metrics.registry.metrics(), /^virtbus_consumer_cas_retries_total 150$/m);
   });
 });
