@@ -24,7 +24,15 @@ namespace virtbus {
 
 namespace {
 
+// Connection ids start at 1 and skip 0 when the counter wraps after 2^32 opens: 0 is the
+// connectionId of synthetic events (injectSyntheticEvents).
 std::atomic<uint32_t> g_nextConnectionId{1};
+
+uint32_t NextConnectionId() noexcept {
+  uint32_t id = g_nextConnectionId.fetch_add(1, std::memory_order_relaxed);
+  while (id == 0) id = g_nextConnectionId.fetch_add(1, std::memory_order_relaxed);
+  return id;
+}
 
 // ---------------------------------------------------------------------------------------------
 // libvirt callbacks: run on the event-loop thread. They only copy into the queue: no JS, no
@@ -725,7 +733,7 @@ class OpenJob : public Napi::AsyncWorker {
         kaInterval_(kaInterval),
         kaCount_(kaCount),
         creds_(std::move(creds)),
-        id_(g_nextConnectionId.fetch_add(1)) {}
+        id_(NextConnectionId()) {}
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
