@@ -20,6 +20,7 @@ import {
 } from '../messages/lifecycle';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
+import { Backoff } from '../util/backoff';
 import { DelayedStops } from './delayed-stops';
 import type { Outbox, OutboxInput } from './outbox';
 import type { BridgeMetrics } from './metrics';
@@ -55,6 +56,8 @@ export class Dispatcher {
   readonly #delayed: DelayedStops<Ready>;
   #lane: Promise<void> = Promise.resolve();
   #released: Ready[] = [];
+  readonly #snapshotsQueued = new Map<SnapshotReason, Promise<void>>();
+  readonly #snapshotRetry = new Backoff(1000, 30000);
   #seq = 0;
   #stopped = false;
 
@@ -131,7 +134,32 @@ export class Dispatcher {
    */
   snapshot(reason: SnapshotReason): Promise<void> {
     this.#flushReleased();
-    return this.#enqueue(async () => {
+    // A snapshot of the same reason still waiting in the lane lists the domains later than this
+    // request would, so it serves both: repeated overflows, or periodic ones during a long outage,
+    // do not pile up (each would be journaled in full). Reasons stay distinct for the metric.
+    const waiting = this.#snapshotsQueued.get(reason);
+    if (waiting) return waiting;
+    const queued = this.#enqueue(async () => {
+      this.#snapshotsQueued.delete(reason);
+      try {
+        await this.#takeSnapshot(reason);
+        this.#snapshotRetry.reset();
+      } catch (error) {
+        if (this.#stopped) throw error;
+        // The state must be repaired now, not at the next periodic snapshot: try again shortly.
+        const retryInMs = this.#snapshotRetry.next();
+        this.#options.logger.error({ err: error, reason, retryInMs }, 'snapshot failed; retrying');
+        setTimeout(() => {
+          if (!this.#stopped) void this.snapshot(reason);
+        }, retryInMs).unref();
+      }
+    });
+    this.#snapshotsQueued.set(reason, queued);
+    return queued;
+  }
+
+  async #takeSnapshot(reason: SnapshotReason): Promise<void> {
+    {
       const connection = this.#options.connection();
       if (!connection) {
         this.#options.logger.warn(
@@ -186,7 +214,7 @@ export class Dispatcher {
         { reason, domains: domains.length, snapshot: snapshot.id },
         'snapshot published',
       );
-    });
+    }
   }
 
   /**

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Dispatcher } from '../../src/bridge/dispatcher';
 import { createBridgeMetrics } from '../../src/bridge/metrics';
 import type { Outbox, OutboxInput, OutboxRecord } from '../../src/bridge/outbox';
-import type { RawDomainEvent } from '../../src/native/contract';
+import type { DomainInfo, NativeConnection, RawDomainEvent } from '../../src/native/contract';
 import { createLogger } from '../../src/util/log';
 
 const UUID = '6695eb01-f6a4-8304-79aa-97f2502e193f';
@@ -53,7 +53,7 @@ function event(type: number, seq: number): RawDomainEvent {
   };
 }
 
-function setup(stopDelayMs: number) {
+function setup(stopDelayMs: number, connection?: Partial<NativeConnection>) {
   const outbox = new RecordingOutbox();
   const metrics = createBridgeMetrics({
     queueStats: () => ({ depth: 0, capacity: 1, highWater: 0, dropped: 0, enqueued: 0 }),
@@ -70,7 +70,7 @@ function setup(stopDelayMs: number) {
     exchange: 'virtbus.lifecycle',
     format: 'json',
     stopDelayMs,
-    connection: () => undefined,
+    connection: () => connection as NativeConnection | undefined,
     outbox,
     metrics,
     logger: createLogger('silent', 'test'),
@@ -118,5 +118,57 @@ describe('dispatcher order around a delayed STOPPED', () => {
       setTimeout(() => void dispatcher.shutdown(false).then(resolve), 20);
     });
     assert.deepEqual(transitions(), ['stopped']);
+  });
+});
+
+describe('dispatcher snapshots', () => {
+  const domain: DomainInfo = {
+    uuid: UUID,
+    name: 'guest',
+    active: true,
+    persistent: true,
+    state: 1,
+    reason: 1,
+  };
+
+  it('a snapshot whose listing fails is taken again shortly, not at the next periodic one', async () => {
+    let calls = 0;
+    const { dispatcher, transitions } = setup(0, {
+      listAllDomains: () => {
+        calls += 1;
+        return calls === 1 ? Promise.reject(new Error('libvirt hiccup')) : Promise.resolve([domain]);
+      },
+    });
+    await dispatcher.snapshot('reconnect');
+    assert.deepEqual(transitions(), [], 'nothing published by the failed attempt');
+    const deadline = Date.now() + 3000;
+    while (transitions().length < 2 && Date.now() < deadline) await sleep(50);
+    assert.deepEqual(transitions(), ['sync', 'sync_end']);
+    assert.equal(calls, 2);
+  });
+
+  it('requests of one reason made while one waits in the lane are served by it', async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let calls = 0;
+    const { dispatcher, transitions } = setup(0, {
+      listAllDomains: async () => {
+        calls += 1;
+        await gate;
+        return [domain];
+      },
+    });
+    const running = dispatcher.snapshot('overflow'); // starts, blocks in the listing
+    await sleep(10);
+    const waiting = [
+      dispatcher.snapshot('overflow'),
+      dispatcher.snapshot('overflow'),
+      dispatcher.snapshot('overflow'),
+    ];
+    const periodic = dispatcher.snapshot('periodic'); // another reason: its own snapshot
+    release();
+    await Promise.all([running, ...waiting, periodic]);
+    assert.equal(calls, 3, 'the running one, one for the three waiting overflow requests, the periodic one');
+    assert.equal(transitions().filter((t) => t === 'sync_end').length, 3);
   });
 });
