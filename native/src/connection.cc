@@ -199,6 +199,32 @@ void ReapInBackground(const std::shared_ptr<ConnCore>& core,
   }
 }
 
+// A job's connection reference between Acquire() and a successfully queued job. If anything in
+// between throws, the destructor drops the reference on a helper thread: it may be the last one
+// (close() may have run meanwhile), and the last virConnectClose can be an RPC.
+class JobRefGuard {
+ public:
+  explicit JobRefGuard(virConnectPtr conn) noexcept : conn_(conn) {}
+  JobRefGuard(const JobRefGuard&) = delete;
+  JobRefGuard& operator=(const JobRefGuard&) = delete;
+  ~JobRefGuard() {
+    if (conn_ == nullptr) return;
+    virConnectPtr conn = conn_;
+    try {
+      std::thread([conn]() {
+        virConnectClose(conn);
+        virResetLastError();
+      }).detach();
+    } catch (...) {
+      // No thread: leak the reference rather than risk an RPC on the JS thread.
+    }
+  }
+  void Dismiss() noexcept { conn_ = nullptr; }
+
+ private:
+  virConnectPtr conn_;
+};
+
 // Settling a promise can fail only while the environment is being torn down (a terminating
 // worker): then nobody can observe the promise any more. Swallow that instead of letting a
 // Napi::Error escape node-addon-api's completion callback, which would std::terminate the process.
@@ -927,9 +953,14 @@ class Connection : public Napi::ObjectWrap<Connection> {
     Napi::Value rejected;
     virConnectPtr conn = AcquireOr(env, &rejected);
     if (conn == nullptr) return rejected;
-    Job* job = new Job(env, core_, conn, std::forward<Args>(args)...);
+    // Until the job is queued (Deferred::New, the AsyncWorker constructor or Queue() may throw),
+    // the reference belongs to this guard, which drops it off the JS thread on the way out.
+    JobRefGuard guard(conn);
+    std::unique_ptr<Job> job(new Job(env, core_, conn, std::forward<Args>(args)...));
     Napi::Promise promise = job->Promise();
     job->Queue();
+    job.release();  // owned by node-addon-api now (deleted after OnOK/OnError)
+    guard.Dismiss();
     return promise;
   }
 
