@@ -14,8 +14,10 @@ namespace virtbus {
 
 namespace {
 
-void WakeCallJs(Napi::Env env, Napi::Function onWake, std::nullptr_t* context, void* data);
-using WakeTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, void, WakeCallJs>;
+// The context of each wake function is its loop's generation (an integer in the pointer): a call
+// still queued on a released function must not reach that loop's onWake once it was stopped.
+void WakeCallJs(Napi::Env env, Napi::Function onWake, void* context, void* data);
+using WakeTsfn = Napi::TypedThreadSafeFunction<void, void, WakeCallJs>;
 
 struct LoopState {
   std::mutex ctlMu;  // serialises start/stop
@@ -29,6 +31,8 @@ struct LoopState {
   WakeTsfn tsfn;
   bool tsfnActive = false;
   std::atomic<bool> wakePending{false};
+  // Bumped by every start; the running loop's wake function carries the value it was created with.
+  std::atomic<uintptr_t> generation{0};
 };
 
 // Leaked on purpose: at process exit a running loop thread may still touch it.
@@ -54,10 +58,18 @@ void LoopMain() noexcept {
   }
 }
 
-void WakeCallJs(Napi::Env env, Napi::Function onWake, std::nullptr_t* /*context*/, void* /*data*/) {
+void WakeCallJs(Napi::Env env, Napi::Function onWake, void* context, void* /*data*/) {
+  LoopState& s = State();
+  // Release() lets calls already queued run: one queued before stopEventLoop() must neither call
+  // that loop's onWake (its consumer is stopped; it would drain a later loop's events) nor touch
+  // wakePending, which belongs to the current loop (start resets it).
+  if (reinterpret_cast<uintptr_t>(context) != s.generation.load(std::memory_order_acquire) ||
+      !s.running.load(std::memory_order_acquire)) {
+    return;
+  }
   // Clear before calling: an event enqueued from here on triggers a new wake, and the drain that
   // onWake performs sees everything enqueued before the clear.
-  State().wakePending.store(false, std::memory_order_seq_cst);
+  s.wakePending.store(false, std::memory_order_seq_cst);
   if (env == nullptr || onWake.IsEmpty()) return;  // finalising: only the flag matters
   napi_value result;
   napi_value undefined;
@@ -119,7 +131,8 @@ void StartEventLoop(Napi::Env env, Napi::Function onWake) {
   int timer = virEventAddTimeout(-1, NoopTimeout, nullptr, nullptr);
   if (timer < 0) throw Napi::Error::New(env, "startEventLoop: virEventAddTimeout failed");
 
-  WakeTsfn tsfn = WakeTsfn::New(env, onWake, "virtbus.eventLoop.wake", 0, 1);
+  const uintptr_t generation = s.generation.load() + 1;
+  WakeTsfn tsfn = WakeTsfn::New(env, onWake, "virtbus.eventLoop.wake", 0, 1, reinterpret_cast<void*>(generation));
   tsfn.Unref(env);  // the wake function alone must never keep the process alive
 
   s.wakeTimer = timer;
@@ -129,6 +142,7 @@ void StartEventLoop(Napi::Env env, Napi::Function onWake) {
     s.tsfnActive = true;
   }
   s.wakePending.store(false);
+  s.generation.store(generation, std::memory_order_release);
   s.running.store(true, std::memory_order_release);
   try {
     s.thread = std::thread(LoopMain);

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadNativeBinding } from '../../src/native/binding';
-import { Collector, NO_KEEPALIVE, TEST_URI, domainXml } from '../fixtures/native/collector';
+import { Collector, NO_KEEPALIVE, TEST_URI, domainXml, sleep } from '../fixtures/native/collector';
 
 void describe('native event loop', () => {
   const binding = loadNativeBinding();
@@ -88,6 +88,42 @@ void describe('native event loop', () => {
       while (taken < 10 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
       assert.equal(taken, 10);
       assert.ok(wakes >= 5, `expected at least 5 wakes, got ${wakes}`);
+    } finally {
+      binding.stopEventLoop();
+    }
+  });
+
+  void it("never calls a stopped loop's onWake, even for a wake queued before the stop", async () => {
+    binding.drain();
+    let oldWakes = 0;
+    let oldTaken = 0;
+    binding.startEventLoop(() => {
+      oldWakes++;
+      oldTaken += binding.drain().events.length;
+    });
+    const injected = binding.injectSyntheticEvents(3, 1);
+    // Stay on the JS thread: the injector's wake is queued on the first loop's wake function but
+    // cannot be delivered before the restart below.
+    const deadline = Date.now() + 5000;
+    while (binding.queueStats().depth < 3 && Date.now() < deadline) {
+      // spin
+    }
+    const settle = Date.now() + 20;
+    while (Date.now() < settle) {
+      // let the injector thread's RequestWake (right after its push) queue the call
+    }
+    assert.equal(binding.queueStats().depth, 3);
+    binding.stopEventLoop();
+    let newTaken = 0;
+    binding.startEventLoop(() => {
+      newTaken += binding.drain().events.length;
+    });
+    try {
+      await injected;
+      const until = Date.now() + 5000;
+      while (oldTaken + newTaken < 3 && Date.now() < until) await sleep(5);
+      await sleep(50);
+      assert.deepEqual({ oldWakes, oldTaken, newTaken }, { oldWakes: 0, oldTaken: 0, newTaken: 3 });
     } finally {
       binding.stopEventLoop();
     }
