@@ -150,19 +150,30 @@ Napi::Value DrainJs(const Napi::CallbackInfo& info) {
   }
   AddonData* data = GetAddonData(env);
   uint64_t overflowed = 0;
-  size_t remaining = EventQueue::Get().Take(max, data->drainEvents, data->drainCloses, overflowed);
+  EventQueue& queue = EventQueue::Get();
+  size_t remaining = queue.Take(max, data->drainEvents, data->drainCloses, overflowed);
 
-  Napi::Object result = Napi::Object::New(env);
-  result.Set("events", BuildEvents(env, data));
-  Napi::Array closes = Napi::Array::New(env, data->drainCloses.size());
-  for (size_t i = 0; i < data->drainCloses.size(); i++) {
-    Napi::Object c = Napi::Object::New(env);
-    c.Set("connectionId", Napi::Number::New(env, data->drainCloses[i].connectionId));
-    c.Set("reason", Napi::Number::New(env, data->drainCloses[i].reason));
-    closes.Set(static_cast<uint32_t>(i), c);
+  Napi::Object result;
+  try {
+    result = Napi::Object::New(env);
+    result.Set("events", BuildEvents(env, data));
+    Napi::Array closes = Napi::Array::New(env, data->drainCloses.size());
+    for (size_t i = 0; i < data->drainCloses.size(); i++) {
+      Napi::Object c = Napi::Object::New(env);
+      c.Set("connectionId", Napi::Number::New(env, data->drainCloses[i].connectionId));
+      c.Set("reason", Napi::Number::New(env, data->drainCloses[i].reason));
+      closes.Set(static_cast<uint32_t>(i), c);
+    }
+    result.Set("closes", closes);
+    result.Set("overflowed", Napi::Number::New(env, static_cast<double>(overflowed)));
+  } catch (...) {
+    // The taken events are out of the ring for good: have the next drain report them (and the
+    // overflow this one would have reported) so the caller resyncs, and keep the closes.
+    queue.RestoreAfterFailedDrain(data->drainEvents.size(), overflowed, data->drainCloses);
+    data->drainEvents.clear();
+    data->drainCloses.clear();
+    throw;
   }
-  result.Set("closes", closes);
-  result.Set("overflowed", Napi::Number::New(env, static_cast<double>(overflowed)));
   data->drainEvents.clear();
   data->drainCloses.clear();
   // A partial drain must not strand the rest until the next event: ask for another wake.

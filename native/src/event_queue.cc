@@ -126,6 +126,28 @@ size_t EventQueue::Take(size_t max, std::vector<EventSlot>& events, std::vector<
   return remaining;
 }
 
+void EventQueue::RestoreAfterFailedDrain(uint64_t lostEvents, uint64_t overflowed,
+                                        const std::vector<CloseItem>& closes) noexcept {
+  std::vector<CloseItem> merged;
+  try {
+    // Allocated outside the lock; more than 64 closes arriving meanwhile is the only way the insert
+    // below allocates under it.
+    merged.reserve(closes.size() + 64);
+    merged.assign(closes.begin(), closes.end());
+  } catch (...) {
+    merged.clear();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  overflowSinceDrain_ += overflowed + lostEvents;
+  if (closes.empty()) return;
+  try {
+    merged.insert(merged.end(), closes_.begin(), closes_.end());
+    closes_.swap(merged);
+  } catch (...) {
+    // Out of memory: the closes are lost, but the overflow above still forces a resync.
+  }
+}
+
 bool EventQueue::SetCapacity(size_t capacity, std::string* why) {
   std::vector<EventSlot> fresh(capacity);
   std::lock_guard<std::mutex> lock(mu_);

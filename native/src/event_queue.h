@@ -72,6 +72,10 @@ class EventQueue {
   // JS thread. Moves up to `max` events and every close event out; returns the remaining depth.
   size_t Take(size_t max, std::vector<EventSlot>& events, std::vector<CloseItem>& closes,
               uint64_t& overflowed);
+  // JS thread, after a drain that failed once Take() had run: the taken events are lost, so they
+  // and the overflow Take() reported are counted back into overflow-since-drain (the next drain
+  // reports them: "resync needed"); the taken closes go back in front of any newer ones.
+  void RestoreAfterFailedDrain(uint64_t lostEvents, uint64_t overflowed, const std::vector<CloseItem>& closes) noexcept;
   // Fails (returns false, sets *why) unless the queue is empty.
   bool SetCapacity(size_t capacity, std::string* why);
   QueueStatsSnapshot Stats();

@@ -86,6 +86,33 @@ void describe('native queue', () => {
     );
   });
 
+  void it('a drain that throws after taking events reports them as overflowed on the next drain', async () => {
+    binding.drain();
+    await binding.injectSyntheticEvents(5, 1);
+    const before = binding.queueStats();
+    assert.equal(before.depth, 5);
+    // drain() sets 'events' on its result object: an inherited setter that throws makes it fail
+    // after the events were taken out of the ring.
+    Object.defineProperty(Object.prototype, 'events', {
+      configurable: true,
+      set() {
+        throw new Error('result setter failed');
+      },
+    });
+    try {
+      assert.throws(() => binding.drain(), /result setter failed/);
+    } finally {
+      delete (Object.prototype as { events?: unknown }).events;
+    }
+    assert.equal(binding.queueStats().depth, 0);
+    const next = binding.drain();
+    assert.equal(next.events.length, 0);
+    assert.equal(next.overflowed, 5, 'the lost events must be reported as an overflow (resync needed)');
+    assert.equal(binding.drain().overflowed, 0);
+    // Not dropped for lack of room: enqueued + dropped still counts pushes.
+    assert.equal(binding.queueStats().dropped, before.dropped);
+  });
+
   void it('hands 1,000,000 synthetic events to JavaScript without loss (waitWhenFull)', async () => {
     const count = 1_000_000;
     const domains = 64;
