@@ -96,15 +96,27 @@ void EventQueue::PushClose(uint32_t connectionId, int reason) noexcept {
 
 size_t EventQueue::Take(size_t max, std::vector<EventSlot>& events, std::vector<CloseItem>& closes,
                         uint64_t& overflowed) {
-  events.clear();
   closes.clear();
+  // Size the scratch buffer outside the lock: growing and zero-filling it for a big batch (drain()
+  // without max can take millions of slots) must not keep the loop thread waiting on mu_. The
+  // depth seen here is an upper bound for the batch taken below only because this is re-checked
+  // under the lock: events pushed meanwhile stay for the next drain (which the caller re-arms).
+  size_t want;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    want = count_ < max ? count_ : max;
+  }
+  if (events.size() != want) events.resize(want);
+  // Swapped in below as the producers' list: allocated here, so a producer's push_back never has
+  // to (for < 64 pending closes).
+  if (closes.capacity() < 64) closes.reserve(64);
+  size_t n;
   size_t remaining;
   bool notify;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    size_t n = count_ < max ? count_ : max;
+    n = count_ < want ? count_ : want;
     if (n > 0) {
-      events.resize(n);
       size_t first = ring_.size() - head_;
       if (first > n) first = n;
       memcpy(static_cast<void*>(events.data()), &ring_[head_], first * sizeof(EventSlot));
@@ -115,13 +127,12 @@ size_t EventQueue::Take(size_t max, std::vector<EventSlot>& events, std::vector<
       if (count_ == 0) head_ = 0;
     }
     closes.swap(closes_);
-    // The JS thread allocates, so a producer's push_back never has to (for < 64 pending closes).
-    if (closes_.capacity() < 64) closes_.reserve(64);
     overflowed = overflowSinceDrain_;
     overflowSinceDrain_ = 0;
     remaining = count_;
     notify = waiters_ > 0 && n > 0;
   }
+  events.resize(n);  // n <= want: shrinks, never fills
   if (notify) spaceCv_.notify_all();
   return remaining;
 }
