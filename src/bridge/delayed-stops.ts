@@ -3,6 +3,10 @@
  * for `delayMs` per domain; any later event for that domain cancels it, so a reboot's STOPPED →
  * STARTED pair publishes no `stopped`; a second STOPPED restarts the window. Only STOPPED is ever
  * delayed (delaying STARTED lost events: Nova bug #1433049).
+ *
+ * Events Nova never sees (undefined, defined, rebooted…) do not cancel a held STOPPED, but they must
+ * not overtake it on the wire either: they wait behind it as its followers, and go out right after
+ * it when it is released, or right away (before the cancelling event) when it is cancelled.
  */
 export interface TimerApi {
   setTimeout(callback: () => void, ms: number): unknown;
@@ -18,6 +22,7 @@ interface Pending<T> {
   readonly item: T;
   readonly heldAt: number;
   readonly handle: unknown;
+  readonly followers: T[];
 }
 
 export class DelayedStops<T> {
@@ -25,8 +30,8 @@ export class DelayedStops<T> {
 
   constructor(
     private readonly delayMs: number,
-    /** Called when a held STOPPED survives its delay, with how long it was held. */
-    private readonly release: (item: T, heldMs: number) => void,
+    /** Called when a held STOPPED survives its delay, with how long it was held and its followers. */
+    private readonly release: (item: T, heldMs: number, followers: readonly T[]) => void,
     private readonly timers: TimerApi = realTimers,
     private readonly now: () => number = Date.now,
   ) {}
@@ -37,10 +42,23 @@ export class DelayedStops<T> {
 
   /** Cancels the pending STOPPED of this domain, if any. Call for every event, before hold(). */
   cancel(uuid: string): boolean {
+    return this.cancelWithFollowers(uuid) !== undefined;
+  }
+
+  /** Cancels the pending STOPPED of this domain; returns its followers (to publish now), if any. */
+  cancelWithFollowers(uuid: string): readonly T[] | undefined {
     const pending = this.#pending.get(uuid);
-    if (!pending) return false;
+    if (!pending) return undefined;
     this.timers.clearTimeout(pending.handle);
     this.#pending.delete(uuid);
+    return pending.followers;
+  }
+
+  /** Queues an event behind this domain's held STOPPED; false when none is held. */
+  follow(uuid: string, item: T): boolean {
+    const pending = this.#pending.get(uuid);
+    if (!pending) return false;
+    pending.followers.push(item);
     return true;
   }
 
@@ -50,21 +68,21 @@ export class DelayedStops<T> {
     const heldAt = this.now();
     const handle = this.timers.setTimeout(() => {
       const current = this.#pending.get(uuid);
-      if (current?.handle !== handle) return; // cancelled or replaced meanwhile
+      if (!current || current.handle !== handle) return; // cancelled or replaced meanwhile
       this.#pending.delete(uuid);
-      this.release(item, this.now() - heldAt);
+      this.release(item, this.now() - heldAt, current.followers);
     }, this.delayMs);
     // A held stop must not keep a stopping process alive; shutdown decides what to do with it.
     (handle as { unref?: () => void }).unref?.();
-    this.#pending.set(uuid, { item, heldAt, handle });
+    this.#pending.set(uuid, { item, heldAt, handle, followers: [] });
   }
 
   /** Shutdown: removes every pending STOPPED and returns them in the order they were held. */
-  takeAll(): Array<{ item: T; heldMs: number }> {
+  takeAll(): Array<{ item: T; heldMs: number; followers: readonly T[] }> {
     const now = this.now();
     const all = [...this.#pending.values()].map((pending) => {
       this.timers.clearTimeout(pending.handle);
-      return { item: pending.item, heldMs: now - pending.heldAt };
+      return { item: pending.item, heldMs: now - pending.heldAt, followers: pending.followers };
     });
     this.#pending.clear();
     return all;

@@ -63,14 +63,14 @@ export class Dispatcher {
 
   constructor(options: DispatcherOptions) {
     this.#options = options;
-    this.#delayed = new DelayedStops<Ready>(options.stopDelayMs, (held, heldMs) => {
+    this.#delayed = new DelayedStops<Ready>(options.stopDelayMs, (held, heldMs, followers) => {
       options.metrics.delayedStops.inc({ outcome: 'published' });
       // Stops released in the same turn (a host shutting many guests down) go out as one batch:
       // one state query and one journal commit instead of one each.
       // Anything dispatched before that turn ends takes the released stops into the lane first
       // (#flushReleased), so a STARTED right behind a released STOPPED cannot overtake it.
       if (this.#released.length === 0) setImmediate(() => this.#flushReleased());
-      this.#released.push({ ...held, delayedMs: heldMs });
+      this.#released.push({ ...held, delayedMs: heldMs }, ...followers);
     });
   }
 
@@ -107,8 +107,15 @@ export class Dispatcher {
       }
       const isNova =
         translation.kind === 'needs-job-check' || NOVA_TRANSITION[translation.transition] !== null;
-      // Only Nova's own transitions reach its _event_emit_delayed, so only they cancel a held STOPPED.
-      if (isNova && this.#delayed.cancel(event.uuid)) metrics.delayedStops.inc({ outcome: 'cancelled' });
+      // Only Nova's own transitions reach its _event_emit_delayed, so only they cancel a held STOPPED
+      // (what waited behind it goes out first, in order).
+      if (isNova) {
+        const followers = this.#delayed.cancelWithFollowers(event.uuid);
+        if (followers) {
+          metrics.delayedStops.inc({ outcome: 'cancelled' });
+          ready.push(...followers);
+        }
+      }
       const item: Ready = {
         uuid: event.uuid,
         name: event.name,
@@ -119,7 +126,7 @@ export class Dispatcher {
       };
       if (item.transition === 'stopped' && stopDelayMs > 0 && !this.#stopped) {
         this.#delayed.hold(event.uuid, item);
-      } else {
+      } else if (isNova || !this.#delayed.follow(event.uuid, item)) {
         ready.push(item);
       }
     }
@@ -232,10 +239,12 @@ export class Dispatcher {
         held.length,
       );
       this.#options.logger.info({ count: held.length, flush }, 'delayed STOPPED events at shutdown');
-      if (flush)
-        await this.#enqueue(() =>
-          this.#publishReady(held.map(({ item, heldMs }) => ({ ...item, delayedMs: heldMs }))),
-        );
+      // Dropped stops are Nova's Host.cleanup (the next start snapshot repairs them); the events
+      // that waited behind them are published either way.
+      const items = held.flatMap(({ item, heldMs, followers }) =>
+        flush ? [{ ...item, delayedMs: heldMs }, ...followers] : followers,
+      );
+      if (items.length > 0) await this.#enqueue(() => this.#publishReady(items));
     }
     await this.#lane;
   }

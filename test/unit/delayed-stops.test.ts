@@ -94,11 +94,32 @@ describe('DelayedStops (Nova _event_emit_delayed)', () => {
     timers.advance(500);
     const all = stops.takeAll();
     assert.deepEqual(all, [
-      { item: 'stop-a', heldMs: 1500 },
-      { item: 'stop-b', heldMs: 500 },
+      { item: 'stop-a', heldMs: 1500, followers: [] },
+      { item: 'stop-b', heldMs: 500, followers: [] },
     ]);
     timers.advance(60000);
     assert.deepEqual(released, []);
     assert.equal(stops.size, 0);
+  });
+
+  it('events Nova does not see wait behind a held STOPPED and go out with it, in order', () => {
+    const timers = new ManualTimers();
+    const released: Array<{ item: string; followers: readonly string[] }> = [];
+    const stops = new DelayedStops<string>(
+      15000,
+      (item, _heldMs, followers) => released.push({ item, followers }),
+      timers,
+      () => timers.now,
+    );
+    assert.equal(stops.follow('a', 'undefined-a'), false, 'nothing held: not queued');
+    stops.hold('a', 'stop-a');
+    assert.equal(stops.follow('a', 'undefined-a'), true);
+    assert.equal(stops.follow('b', 'defined-b'), false, 'another domain is not held back');
+    timers.advance(15000);
+    assert.deepEqual(released, [{ item: 'stop-a', followers: ['undefined-a'] }]);
+    stops.hold('a', 'stop-a2');
+    stops.follow('a', 'rebooted-a');
+    assert.deepEqual(stops.cancelWithFollowers('a'), ['rebooted-a'], 'cancelled: the followers go out now');
+    assert.equal(stops.cancelWithFollowers('a'), undefined);
   });
 });

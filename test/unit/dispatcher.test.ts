@@ -12,6 +12,7 @@ import type { DomainInfo, NativeConnection, RawDomainEvent } from '../../src/nat
 import { createLogger } from '../../src/util/log';
 
 const UUID = '6695eb01-f6a4-8304-79aa-97f2502e193f';
+const EVENT_UNDEFINED = 1;
 const EVENT_STARTED = 2;
 const EVENT_STOPPED = 5;
 
@@ -118,6 +119,33 @@ describe('dispatcher order around a delayed STOPPED', () => {
       setTimeout(() => void dispatcher.shutdown(false).then(resolve), 20);
     });
     assert.deepEqual(transitions(), ['stopped']);
+  });
+});
+
+describe('dispatcher: events Nova does not see, around a held STOPPED', () => {
+  it("a transient guest's undefined waits behind its held stopped and follows it", async () => {
+    const { dispatcher, transitions } = setup(30);
+    await dispatcher.handleEvents([event(EVENT_STOPPED, 1), event(EVENT_UNDEFINED, 2)]);
+    assert.deepEqual(transitions(), [], 'nothing overtakes the held stop');
+    await sleep(80);
+    assert.deepEqual(transitions(), ['stopped', 'undefined']);
+  });
+
+  it('a cancelled stop lets what waited behind it out first; a dropped one at shutdown too', async () => {
+    const { dispatcher, transitions } = setup(1000);
+    await dispatcher.handleEvents([
+      event(EVENT_STOPPED, 1),
+      event(EVENT_UNDEFINED, 2),
+      event(EVENT_STARTED, 3),
+    ]);
+    assert.deepEqual(transitions(), ['undefined', 'started']);
+    await dispatcher.handleEvents([event(EVENT_STOPPED, 4), event(EVENT_UNDEFINED, 5)]);
+    await dispatcher.shutdown(false);
+    assert.deepEqual(
+      transitions(),
+      ['undefined', 'started', 'undefined'],
+      'the stop dropped as Nova does, not its follower',
+    );
   });
 });
 
