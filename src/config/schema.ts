@@ -268,7 +268,7 @@ export const schema = {
   },
   bridge: {
     stopDelayMs: {
-      doc: 'How long a STOPPED event is held before it is published (Nova: 15 s); any later event for the domain cancels it. 0 disables the delay.',
+      doc: 'How long a STOPPED event is held before it is published (Nova: 15 s); any later Nova transition for the domain cancels it, other events wait behind it. 0 disables the delay.',
       format: 'nat',
       default: 15000,
       env: 'VIRTBUS_STOP_DELAY_MS',
