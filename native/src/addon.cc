@@ -29,6 +29,7 @@ void EnvCleanup(void* arg) {
   HookArg* hook = static_cast<HookArg*>(arg);
   hook->tearingDown->store(true);
   AbortInjections(hook->env);
+  ReleaseQueueOwner(hook->env);
   delete hook;
 }
 
@@ -147,6 +148,10 @@ Napi::Value DrainJs(const Napi::CallbackInfo& info) {
     double m = info[0].As<Napi::Number>().DoubleValue();
     if (!(m >= 0) || std::floor(m) != m) throw Napi::RangeError::New(env, "drain: max must be a non-negative integer");
     if (m < static_cast<double>(kMaxCapacity)) max = static_cast<size_t>(m);
+  }
+  // Another environment (a worker that loaded the addon) must not take the owner's events.
+  if (!MayUseQueue(env)) {
+    throw Napi::Error::New(env, "drain: the event queue belongs to the environment (thread) that started the event loop");
   }
   AddonData* data = GetAddonData(env);
   uint64_t overflowed = 0;

@@ -33,6 +33,8 @@ struct LoopState {
   std::atomic<bool> wakePending{false};
   // Bumped by every start; the running loop's wake function carries the value it was created with.
   std::atomic<uintptr_t> generation{0};
+  // The environment that last started the loop (see MayUseQueue); cleared on its teardown.
+  std::atomic<napi_env> queueOwner{nullptr};
 };
 
 // Leaked on purpose: at process exit a running loop thread may still touch it.
@@ -159,6 +161,7 @@ void StartEventLoop(Napi::Env env, Napi::Function onWake) {
   // before Node closes that function and Release() is still legal.
   napi_add_env_cleanup_hook(env, CleanupHook, nullptr);
   s.ownerEnv = env;
+  s.queueOwner.store(env, std::memory_order_release);
 
   // Events queued while no loop ran (e.g. by the injector) must not wait for the next event.
   if (EventQueue::Get().HasPending()) RequestWake();
@@ -175,6 +178,16 @@ void StopEventLoop(Napi::Env env) {
 }
 
 bool EventLoopRunning() noexcept { return State().running.load(std::memory_order_acquire); }
+
+bool MayUseQueue(napi_env env) noexcept {
+  napi_env owner = State().queueOwner.load(std::memory_order_acquire);
+  return owner == nullptr || owner == env;
+}
+
+void ReleaseQueueOwner(napi_env env) noexcept {
+  napi_env expected = env;
+  State().queueOwner.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel);
+}
 
 void RequestWake() noexcept {
   LoopState& s = State();

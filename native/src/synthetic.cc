@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "event_loop.h"
 #include "event_queue.h"
 
 namespace virtbus {
@@ -96,6 +97,11 @@ Napi::Value InjectSyntheticEvents(const Napi::CallbackInfo& info) {
   }
   if (info.Length() < 2 || !IsIntegerIn(info[1], 1, 1000000, &domains)) {
     throw Napi::RangeError::New(env, "injectSyntheticEvents: domains must be an integer in [1, 1000000]");
+  }
+  // Synthetic events (connectionId 0) would land in another environment's event stream.
+  if (!MayUseQueue(env)) {
+    throw Napi::Error::New(
+        env, "injectSyntheticEvents: the event queue belongs to the environment (thread) that started the event loop");
   }
   FullPolicy policy = FullPolicy::kDrop;
   if (info.Length() > 2 && !info[2].IsUndefined()) {
