@@ -136,7 +136,10 @@ export interface NativeBinding {
   eventLoopRunning(): boolean;
   /** Only while the loop is stopped and the queue empty; throws RangeError otherwise. */
   setQueueCapacity(capacity: number): void;
-  /** Takes up to max queued items (all if max is omitted). */
+  /**
+   * Takes up to max queued items (all if max is omitted). Only from the environment (main thread or
+   * worker) that last started the loop; throws in any other.
+   */
   drain(max?: number): DrainResult;
   queueStats(): QueueStats;
   openConnection(uri: string, options: OpenOptions): Promise<NativeConnection>;
@@ -146,6 +149,7 @@ export interface NativeBinding {
    * same enqueue path the libvirt callbacks use. Resolves when that thread has finished.
    * Like libvirt's callbacks it drops when the queue is full, unless `waitWhenFull` is set: then it
    * waits for drain() to make room (to measure the hand-off ceiling without losing events).
+   * Like drain(), only from the environment that owns the loop.
    */
   injectSyntheticEvents(count: number, domains: number, options?: SyntheticOptions): Promise<void>;
 }
