@@ -469,6 +469,12 @@ export const schema = {
         default: false,
         env: 'VIRTBUS_NOTIFICATION_DURABLE',
       },
+      declareQueue: {
+        doc: "Also declare queue <topic>.info bound to the exchange with that routing key, as oslo.messaging's publisher does, so notifications are kept until a listener exists instead of being dropped. The queue is created (durable as consumer.notifications.durable) only when missing; an existing one is used as it is. It grows without bound if nobody consumes it: cap it with a policy (deploy/rabbitmq/definitions.json sets max-length with drop-head), or set false when listeners bind their own queues.",
+        format: Boolean,
+        default: true,
+        env: 'VIRTBUS_CONSUMER_NOTIFICATIONS_DECLARE_QUEUE',
+      },
     },
   },
   db: {

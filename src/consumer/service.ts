@@ -30,7 +30,7 @@ import { assertTopology } from '../amqp/topology';
 import type { ReadinessCheck } from '../metrics/server';
 import { commandRoutingKey, type StopCommand } from '../messages/command';
 import { APP_ID } from '../messages/lifecycle';
-import { Notifier, prepareNotificationExchange } from '../notify/notifier';
+import { Notifier, prepareNotificationExchange, prepareNotificationQueue } from '../notify/notifier';
 import { StoreUnavailableError, type InstanceStore } from '../store/types';
 import { Backoff, cancellableDelay } from '../util/backoff';
 import type { Logger } from '../util/log';
@@ -63,6 +63,7 @@ export interface ConsumerSettings extends ConsumerTopologySettings {
       readonly exchange: string;
       readonly topic: string;
       readonly durable: boolean;
+      readonly declareQueue: boolean;
     };
   };
   readonly db: { readonly retryInitialDelayMs: number; readonly retryMaxDelayMs: number };
@@ -429,8 +430,16 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       publish.on('error', (error: Error) => this.#logger.warn({ err: error }, 'publish channel error'));
       await assertTopology(publish, consumerTopology(this.#settings));
       const { notifications } = this.#settings.consumer;
-      if (notifications.enabled)
+      if (notifications.enabled) {
         await prepareNotificationExchange(model, notifications.exchange, notifications.durable);
+        if (notifications.declareQueue)
+          await prepareNotificationQueue(
+            model,
+            notifications.exchange,
+            notifications.topic,
+            notifications.durable,
+          );
+      }
       const consume = await model.createChannel();
       consume.on('error', (error: Error) => this.#logger.warn({ err: error }, 'consume channel error'));
       await consume.prefetch(this.#settings.consumer.prefetch);

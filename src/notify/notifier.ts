@@ -5,8 +5,12 @@
  * never retried, and never fails the database change it describes. Publishes go out at once (in
  * order, on one channel); the returned promise settles when the broker has confirmed (or refused)
  * them all, which the consumer waits for before it acknowledges the message behind them.
+ * Like oslo's publisher (_publish_and_creates_default_queue) the consumer also declares a queue named
+ * after the routing key, bound with it, so notifications published before any listener exists are
+ * kept rather than confirmed and dropped (consumer.notifications.declareQueue).
  */
 import type { Channel, ChannelModel } from 'amqplib';
+import type { QueueSpec } from '../amqp/topology';
 import type { InstanceRow } from '../store/types';
 import type { Logger } from '../util/log';
 import { nowMicros } from '../util/time';
@@ -104,6 +108,49 @@ export async function prepareNotificationExchange(
   channel.on('error', () => undefined);
   try {
     await channel.assertExchange(exchange, 'topic', { durable });
+  } finally {
+    await channel.close().catch(() => undefined);
+  }
+}
+
+/**
+ * oslo's default notification queue: named after the routing key (`<topic>.info`), durable as the
+ * exchange (amqp_durable_queues), not auto-delete, no arguments (a classic queue).
+ */
+export function notificationQueue(topic: string, durable: boolean): QueueSpec {
+  return { name: notificationRoutingKey(topic), durable, arguments: {} };
+}
+
+/**
+ * Declares oslo's default queue for the topic and binds it to the exchange with its routing key,
+ * without fighting its owner: an existing queue (imported from definitions.json, or declared by
+ * Nova's own publisher) is used as it is, whatever its durability or arguments; a missing one is
+ * created. The bind is idempotent and repairs a queue that exists but lost its binding. Throw-away
+ * channels, as for the exchange.
+ */
+export async function prepareNotificationQueue(
+  model: ChannelModel,
+  exchange: string,
+  topic: string,
+  durable: boolean,
+): Promise<void> {
+  const queue = notificationQueue(topic, durable);
+  let exists = false;
+  const probe: Channel = await model.createChannel();
+  probe.on('error', () => undefined);
+  try {
+    await probe.checkQueue(queue.name);
+    exists = true;
+    await probe.close().catch(() => undefined);
+  } catch {
+    // 404: create it below (the probe channel is closed by the broker)
+  }
+  const channel = await model.createChannel();
+  channel.on('error', () => undefined);
+  try {
+    if (!exists)
+      await channel.assertQueue(queue.name, { durable: queue.durable, autoDelete: false, arguments: {} });
+    await channel.bindQueue(queue.name, exchange, notificationRoutingKey(topic));
   } finally {
     await channel.close().catch(() => undefined);
   }
