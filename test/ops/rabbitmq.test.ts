@@ -20,6 +20,8 @@ import { loadConfig } from '../../src/config/load';
 import { consumerTopology } from '../../src/consumer/topology';
 import { commandQueueName, commandResultRoutingKey, commandRoutingKey } from '../../src/messages/command';
 import { hostSegment } from '../../src/messages/lifecycle';
+import { notificationRoutingKey } from '../../src/notify/instance-update';
+import { notificationQueue } from '../../src/notify/notifier';
 import { run, waitUntil } from '../../src/sandbox/exec';
 import type { LibvirtdSandbox, RabbitSandbox } from '../../src/sandbox';
 import type { NativeConnection } from '../../src/native/contract';
@@ -90,6 +92,10 @@ function bridgeTopology(host: string): Topology {
   );
 }
 const consumerDeclares = (): Topology => consumerTopology(defaults);
+/** oslo's default notification queue, which the consumer declares when missing and binds. */
+const notifications = defaults.consumer.notifications;
+const notificationQ = notificationQueue(notifications.topic, notifications.durable);
+const notificationKey = notificationRoutingKey(notifications.topic);
 
 function permission(user: string): Definitions['permissions'][number] {
   const found = definitions().permissions.find((p) => p.user === user && p.vhost === VHOST);
@@ -147,6 +153,22 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
       defaults.consumer.notifications.durable,
       "oslo's durability, so Nova can share it",
     );
+    assert.equal(notifications.declareQueue, true, 'the consumer declares the queue by default');
+    const queue = defs.queues.find((q) => q.name === notificationQ.name);
+    assert.ok(queue, `definitions declare oslo's default queue ${notificationQ.name}`);
+    assert.equal(queue.durable, notificationQ.durable, 'amqp_durable_queues, as the consumer creates it');
+    assert.equal(queue.auto_delete, false);
+    assert.deepEqual(queue.arguments, notificationQ.arguments, 'a classic queue without arguments, as oslo');
+    assert.ok(
+      defs.bindings.some(
+        (b) =>
+          b.source === notifications.exchange &&
+          b.destination === notificationQ.name &&
+          b.destination_type === 'queue' &&
+          b.routing_key === notificationKey,
+      ),
+      `definitions bind ${notificationQ.name} to ${notifications.exchange} with ${notificationKey}`,
+    );
     const everything = [...defs.exchanges, ...defs.queues, ...defs.bindings, ...defs.policies];
     assert.ok(
       everything.every((item) => item.vhost === VHOST),
@@ -158,7 +180,7 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
     );
   });
 
-  it('policies: the unroutable and dead-letter queues are capped, command queues dead-letter and cap deliveries', () => {
+  it('policies: the unroutable, dead-letter and notification queues are capped, command queues dead-letter and cap deliveries', () => {
     const defs = definitions();
     const applying = (name: string): string[] =>
       defs.policies.filter((p) => new RegExp(p.pattern).test(name)).map((p) => p.name);
@@ -168,6 +190,11 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
       assert.deepEqual(applying(commandQueueName(host)), ['virtbus-commands'], commandQueueName(host));
     }
     assert.deepEqual(applying(defaults.consumer.queue), [], 'the consumer queue keeps its own arguments');
+    assert.deepEqual(applying(notificationQ.name), ['virtbus-notifications']);
+    assert.deepEqual(applying('versioned_notifications.error'), [], 'only the queue the consumer declares');
+    const capped = defs.policies.find((p) => p.name === 'virtbus-notifications');
+    assert.ok(Number(capped?.definition['max-length']) > 0, 'nobody may consume it: a length cap');
+    assert.equal(capped?.definition.overflow, 'drop-head', 'the oldest notifications go first');
     const commands = defs.policies.find((p) => p.name === 'virtbus-commands');
     assert.equal(commands?.definition['dead-letter-exchange'], defaults.consumer.deadLetterExchange);
     assert.ok(Number(commands?.definition['delivery-limit']) > 0);
@@ -211,6 +238,7 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
       defaults.consumer.resultQueue,
       defaults.consumer.deadLetterQueue,
       defaults.consumer.notifications.exchange,
+      notificationQ.name,
     ];
     for (const name of consumerOnly) {
       assert.doesNotMatch(name, configure, `bridge may not configure ${name}`);
@@ -243,6 +271,23 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
     for (const binding of topology.bindings) {
       assert.match(binding.queue, write, `consumer binds queue ${binding.queue}`);
       assert.match(binding.exchange, read, `consumer binds from ${binding.exchange}`);
+    }
+    assert.match(notificationQ.name, configure, `consumer declares ${notificationQ.name} when missing`);
+    assert.match(notificationQ.name, write, `consumer binds ${notificationQ.name}`);
+    assert.match(notifications.exchange, read, `consumer binds from ${notifications.exchange}`);
+    assert.doesNotMatch(
+      notificationQ.name,
+      read,
+      'the consumer does not read the notifications it publishes',
+    );
+    assert.doesNotMatch('versioned_notifications.error', configure, 'no other notification queue');
+    const nova = topicPermission('virtbus-consumer', notifications.exchange);
+    assert.ok(nova, `the consumer's routing keys on ${notifications.exchange} are limited`);
+    assert.match(notificationKey, nova.write, 'consumer publishes its notifications');
+    assert.match(notificationKey, nova.read, 'consumer binds the queue with its routing key');
+    for (const key of ['versioned_notifications.error', 'notifications.info', '#']) {
+      assert.doesNotMatch(key, nova.write, `the consumer cannot publish ${key}`);
+      assert.doesNotMatch(key, nova.read, `the consumer cannot bind with ${key}`);
     }
     for (const queue of [defaults.consumer.queue, defaults.consumer.resultQueue])
       assert.match(queue, read, `consumer consumes ${queue}`);
@@ -377,10 +422,13 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
     }
     const listed = await queues();
     for (const queue of definitions().queues) {
-      assert.equal(listed.find((q) => q.name === queue.name)?.type, 'quorum', queue.name);
+      const type = (queue.arguments['x-queue-type'] as string | undefined) ?? 'classic';
+      assert.equal(listed.find((q) => q.name === queue.name)?.type, type, queue.name);
     }
+    assert.equal(listed.find((q) => q.name === notificationQ.name)?.type, 'classic');
     assert.equal(listed.find((q) => q.name === 'virtbus.unroutable')?.policy, 'virtbus-unroutable');
     assert.equal(listed.find((q) => q.name === 'virtbus.dead-letter')?.policy, 'virtbus-dead-letter');
+    assert.equal(listed.find((q) => q.name === notificationQ.name)?.policy, 'virtbus-notifications');
     // Imported without a password: nobody can log in until the operator sets one.
     await assert.rejects(connect(`amqp://virtbus-bridge:@127.0.0.1:${node.port}/${VHOST}`), /ACCESS.REFUSED/);
     await assert.rejects(
@@ -509,6 +557,10 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
       undefined,
     );
     const listed = await queues();
+    assert.ok(
+      (listed.find((q) => q.name === notificationQ.name)?.messages ?? 0) >= 1,
+      `with no listener bound, the notifications were kept in ${notificationQ.name}`,
+    );
     assert.equal(
       listed.find((q) => q.name === commandQueueName(HOST))?.policy,
       'virtbus-commands',
@@ -553,6 +605,12 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
       "exchange 'virtbus.dead-letter'",
       (ch) => publish(ch, defaults.consumer.deadLetterExchange, 'x'),
     );
+    await expectRefused(
+      bridgeUrl,
+      'declaring the notification queue',
+      `queue '${notificationQ.name}'`,
+      (ch) => ch.assertQueue(notificationQ.name, { durable: notificationQ.durable }),
+    );
     await expectRefused(bridgeUrl, 'declaring another queue', "queue 'virtbus.sneaky'", (ch) =>
       ch.assertQueue('virtbus.sneaky'),
     );
@@ -586,6 +644,27 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
     );
     await expectRefused(consumerUrl, 'declaring another exchange', "exchange 'virtbus.other'", (ch) =>
       ch.assertExchange('virtbus.other', 'topic'),
+    );
+    await expectRefused(
+      consumerUrl,
+      'reading the notification queue',
+      `queue '${notificationQ.name}'`,
+      (ch) => ch.consume(notificationQ.name, () => undefined),
+    );
+    await expectRefused(
+      consumerUrl,
+      'declaring another notification queue',
+      "queue 'versioned_notifications.error'",
+      (ch) => ch.assertQueue('versioned_notifications.error', { durable: false }),
+    );
+    await expectRefused(
+      consumerUrl,
+      'publishing a notification with another routing key',
+      "topic 'versioned_notifications.error'",
+      (ch) => publish(ch, notifications.exchange, 'versioned_notifications.error'),
+    );
+    await expectRefused(consumerUrl, 'binding its own queue to every notification', "topic '#'", (ch) =>
+      ch.bindQueue(defaults.consumer.queue, notifications.exchange, '#'),
     );
   });
 
