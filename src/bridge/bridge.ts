@@ -12,6 +12,7 @@ import { lifecycleExchangeTopology } from '../amqp/topology';
 import { LibvirtHost } from '../libvirt/host';
 import { startMetricsServer, type MetricsServer } from '../metrics/server';
 import type { NativeBinding } from '../native/contract';
+import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
 import { CommandExecutor } from './commands';
 import { Dispatcher } from './dispatcher';
@@ -180,7 +181,7 @@ export class Bridge {
     // and running commands are repaired by the next start's snapshot and the command's redelivery.
     const deadline = Date.now() + config.bridge.shutdownTimeoutMs;
     const phase = async (name: string, work: Promise<unknown>, atLeastMs = 0): Promise<void> => {
-      if (!(await within(work, Math.max(atLeastMs, deadline - Date.now()))))
+      if (!(await settlesWithin(work, Math.max(atLeastMs, deadline - Date.now()))))
         logger.warn(
           { phase: name, timeoutMs: config.bridge.shutdownTimeoutMs },
           'shutdown timeout in a phase',
@@ -212,22 +213,5 @@ export class Bridge {
     binding.stopEventLoop();
     await this.#metricsServer?.close();
     logger.info({ unconfirmed: this.#outbox.depth }, 'bridge stopped');
-  }
-}
-
-/** Resolves true when `work` settles within `ms`, false when the time runs out first. */
-async function within(work: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), Math.max(0, ms));
-  });
-  const settled = work.then(
-    () => true as const,
-    () => true as const,
-  );
-  try {
-    return await Promise.race([settled, timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }

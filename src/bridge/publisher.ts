@@ -11,6 +11,7 @@
 import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
 import type { AmqpConnection } from '../amqp/connection';
 import { assertTopology, type Topology } from '../amqp/topology';
+import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
 import { APP_ID } from '../messages/lifecycle';
 import type { Outbox, OutboxRecord } from './outbox';
@@ -79,14 +80,8 @@ export class Publisher {
   /** Resolves when the outbox is empty (everything confirmed) or after timeoutMs; true if empty. */
   async waitIdle(timeoutMs: number): Promise<boolean> {
     if (this.#options.outbox.depth === 0) return true;
-    let timer: NodeJS.Timeout | undefined;
-    const idle = new Promise<boolean>((resolve) => this.#idleWaiters.push(() => resolve(true)));
-    const timeout = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), timeoutMs);
-    });
-    const result = await Promise.race([idle, timeout]);
-    clearTimeout(timer);
-    return result;
+    const idle = new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+    return settlesWithin(idle, timeoutMs);
   }
 
   async close(): Promise<void> {

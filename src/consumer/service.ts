@@ -33,6 +33,7 @@ import { APP_ID } from '../messages/lifecycle';
 import { Notifier, prepareNotificationExchange, prepareNotificationQueue } from '../notify/notifier';
 import { StoreUnavailableError, type InstanceStore } from '../store/types';
 import { Backoff, cancellableDelay } from '../util/backoff';
+import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
 import {
@@ -323,13 +324,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     await this.#cancelConsumers();
     this.#takeIntake();
     const drained = Promise.allSettled([...this.#inFlight]);
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), this.#settings.consumer.shutdownTimeoutMs);
-    });
-    const result = await Promise.race([drained.then(() => 'drained' as const), timeout]);
-    clearTimeout(timer);
-    if (result === 'timeout')
+    if (!(await settlesWithin(drained, this.#settings.consumer.shutdownTimeoutMs)))
       this.#logger.warn(
         { inFlight: this.#inFlight.size },
         'shutdown timeout: unfinished messages will be redelivered',
