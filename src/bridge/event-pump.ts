@@ -75,7 +75,6 @@ export class EventPump {
           if (events.length < CHUNK && closes.length === 0 && overflowed === 0) break;
         }
       } while (this.#again);
-      if (dropped > 0) this.targets.overflow(dropped);
     } catch (error) {
       this.logger.error({ err: error }, 'event pump failed');
     } finally {
