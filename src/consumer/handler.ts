@@ -488,16 +488,17 @@ export class LifecycleHandler {
     const effects = (): Promise<void> | undefined => {
       metrics.eventToSync.observe(Math.max(0, this.#now() - event.occurredUs) / 1e6);
       for (const action of actions) metrics.syncActions.inc({ action });
+      const logContext = () => ({
+        uuid: row.uuid,
+        host: row.host,
+        vm_state: row.vm_state,
+        power_state: vmPowerState,
+        db_power_state: row.power_state,
+        branch: branch.branch,
+        transition: event.transition,
+      });
       if (refusal || command || branch.message) {
-        const context = {
-          uuid: row.uuid,
-          host: row.host,
-          vm_state: row.vm_state,
-          power_state: vmPowerState,
-          db_power_state: row.power_state,
-          branch: branch.branch,
-          transition: event.transition,
-        };
+        const context = logContext();
         if (refusal)
           logger.warn({ ...context, reason: refusal }, `${branch.message} The stop API refused: ${refusal}`);
         else if (command)
@@ -506,18 +507,7 @@ export class LifecycleHandler {
           logger.warn({ ...context, mode }, `observe mode: Nova would ${branch.action} (${branch.message})`);
         else logger.warn(context, branch.message);
       } else if (logger.isLevelEnabled('debug')) {
-        logger.debug(
-          {
-            uuid: row.uuid,
-            host: row.host,
-            vm_state: row.vm_state,
-            power_state: vmPowerState,
-            db_power_state: row.power_state,
-            branch: branch.branch,
-            transition: event.transition,
-          },
-          'power state synced',
-        );
+        logger.debug(logContext(), 'power state synced');
       }
       // (The steps keep the version they were decided on: a notification does not carry it.)
       const steps: InstanceRow[] = [];
