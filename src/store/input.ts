@@ -2,7 +2,7 @@
  * Validation of instance rows given by operators: `virtbus instances import` (a JSON array or NDJSON
  * of objects) and `virtbus instances set UUID key=value…`. Problems name the record and the field.
  */
-import { isPowerStateCode, VM_STATES, type InstanceInput, type InstanceRow } from './types';
+import { isPowerStateCode, STATE_COLUMNS, VM_STATES, type InstanceInput, type InstanceRow } from './types';
 import { isoMicros, parseIsoMicros, utcMillis } from '../util/time';
 
 export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -14,19 +14,14 @@ export class InputError extends Error {
 const CORE_KEYS = new Set(['uuid', 'host', 'vm_state', 'task_state', 'power_state', 'launched_at']);
 /** Nova datetimes an import may carry: created_at (a column) and attributes, normalised to UTC. */
 const IMPORT_TIMES = new Set(['created_at', 'terminated_at', 'deleted_at']);
-/** Columns the store owns; an import never sets them (created_at only from an import, see above). */
-const RESERVED_KEYS = new Set([
+/**
+ * Columns the store owns; an import never sets them (created_at only from an import, see above):
+ * the state columns the store's decisions write, beyond the three an import may set, and its own
+ * bookkeeping.
+ */
+const RESERVED_KEYS = new Set<string>([
   'created_at',
-  'updated_at',
-  'event_at_us',
-  'event_boot_id',
-  'event_seq',
-  'pending_command_id',
-  'pending_action',
-  'command_deadline_ms',
-  'last_action',
-  'last_action_at',
-  'last_error',
+  ...STATE_COLUMNS.filter((column) => !CORE_KEYS.has(column)),
   'version',
   'attrs',
 ]);

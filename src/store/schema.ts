@@ -79,24 +79,7 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
 ];
 
 /** The columns `update` writes (everything but uuid, created_at and version). */
-export const MUTABLE_COLUMNS = [
-  'host',
-  'vm_state',
-  'task_state',
-  'power_state',
-  'launched_at',
-  'updated_at',
-  'event_at_us',
-  'event_boot_id',
-  'event_seq',
-  'pending_command_id',
-  'pending_action',
-  'command_deadline_ms',
-  'last_action',
-  'last_action_at',
-  'last_error',
-  'attrs',
-] as const;
+export const MUTABLE_COLUMNS = ['host', 'launched_at', ...STATE_COLUMNS, 'attrs'] as const;
 
 type RawValue = string | number | bigint | null | Record<string, unknown>;
 
