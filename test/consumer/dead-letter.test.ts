@@ -28,6 +28,7 @@ import {
   tempSqliteUrl,
   waitUntil,
 } from './harness';
+import { random } from '../support/random';
 
 const HOST = 'cmp-dl';
 const KEY = lifecycleRoutingKey(HOST, 'stopped');
@@ -201,17 +202,6 @@ function badMessages(valid: () => LifecycleMessage): Bad[] {
       reason: new RegExp(`^missing field ${key}`),
     });
   return bad;
-}
-
-/** mulberry32 */
-function random(seed: number): () => number {
-  let state = seed;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const JUNK: readonly unknown[] = [

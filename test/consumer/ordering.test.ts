@@ -13,21 +13,11 @@ import type { LifecycleMessage } from '../../src/messages/lifecycle';
 import type { InstanceRow } from '../../src/store/types';
 import { testBroker } from '../support/services';
 import { Bus, EventFactory, instance, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+import { random } from '../support/random';
 
 const HOST = 'cmp-07';
 const INSTANCES = 150;
 const EVENTS_PER_INSTANCE = 8;
-
-/** A deterministic pseudo-random generator (mulberry32), so every run uses the same traffic. */
-function random(seed: number): () => number {
-  let state = seed;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function shuffle<T>(items: readonly T[], next: () => number): T[] {
   const copy = [...items];

@@ -11,14 +11,12 @@ import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect } from 'amqplib';
 import pino from 'pino';
-import { Registry } from 'prom-client';
 import { testBroker, type TestBroker } from '../support/services';
 import { BusRecorder } from '../support/bus';
 import { AmqpConnection } from '../../src/amqp/connection';
 import { CommandExecutor } from '../../src/bridge/commands';
 import { Publisher } from '../../src/bridge/publisher';
 import { MemoryOutbox } from '../../src/bridge/outbox';
-import { createBridgeMetrics } from '../../src/bridge/metrics';
 import type { NativeConnection } from '../../src/native/contract';
 import {
   COMMAND_SCHEMA,
@@ -27,6 +25,7 @@ import {
   type CommandResult,
 } from '../../src/messages/command';
 import { isoMicros, nowMicros } from '../../src/util/time';
+import { idleBridgeMetrics } from '../support/bridge-metrics';
 
 interface LogLine {
   msg: string;
@@ -44,21 +43,6 @@ function capturingLogger(): { logger: pino.Logger; lines: LogLine[] } {
     },
   });
   return { logger: pino({ level: 'debug' }, stream), lines };
-}
-
-function metrics() {
-  return createBridgeMetrics(
-    {
-      queueStats: () => ({}) as never,
-      unconfirmed: () => 0,
-      delayedStopsPending: () => 0,
-      outboxDepth: () => 0,
-      outboxOldestMicros: () => undefined,
-      libvirtUp: () => true,
-      amqpUp: () => true,
-    },
-    new Registry(),
-  );
 }
 
 function amqpConnection(url: string, logger: pino.Logger): AmqpConnection {
@@ -126,7 +110,7 @@ describe('bridge channels under faults', () => {
       pollMs: 50,
       connection: () => fakeLibvirt,
       amqp,
-      metrics: metrics(),
+      metrics: idleBridgeMetrics(),
       logger,
     });
     amqp.start();
@@ -221,7 +205,7 @@ describe('bridge channels under faults', () => {
       outbox,
       topology: { exchanges: [{ name: EXCHANGE, type: 'topic', durable: true }], queues: [], bindings: [] },
       maxInFlight: 16,
-      metrics: metrics(),
+      metrics: idleBridgeMetrics(),
       logger,
     });
     await outbox.append(

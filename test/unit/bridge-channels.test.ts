@@ -8,13 +8,12 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
-import { Registry } from 'prom-client';
 import type { ChannelModel } from 'amqplib';
 import type { AmqpConnection } from '../../src/amqp/connection';
 import { Publisher } from '../../src/bridge/publisher';
 import { CommandExecutor } from '../../src/bridge/commands';
 import { MemoryOutbox } from '../../src/bridge/outbox';
-import { createBridgeMetrics } from '../../src/bridge/metrics';
+import { idleBridgeMetrics } from '../support/bridge-metrics';
 
 class FakeConnection extends EventEmitter {
   model: ChannelModel | undefined;
@@ -40,19 +39,6 @@ function failingModel(): { model: ChannelModel; fail: () => void } {
 }
 
 const silent = pino({ level: 'silent' });
-const metrics = () =>
-  createBridgeMetrics(
-    {
-      queueStats: () => ({}) as never,
-      unconfirmed: () => 0,
-      delayedStopsPending: () => 0,
-      outboxDepth: () => 0,
-      outboxOldestMicros: () => undefined,
-      libvirtUp: () => true,
-      amqpUp: () => true,
-    },
-    new Registry(),
-  );
 
 type Make = (connection: FakeConnection) => unknown;
 const makers: Array<[string, Make]> = [
@@ -64,7 +50,7 @@ const makers: Array<[string, Make]> = [
         outbox: new MemoryOutbox(10),
         topology: { exchanges: [], queues: [], bindings: [] },
         maxInFlight: 10,
-        metrics: metrics(),
+        metrics: idleBridgeMetrics(),
         logger: silent,
       }),
   ],
@@ -79,7 +65,7 @@ const makers: Array<[string, Make]> = [
         destroyOnTimeout: true,
         connection: () => undefined,
         amqp: connection as unknown as AmqpConnection,
-        metrics: metrics(),
+        metrics: idleBridgeMetrics(),
         logger: silent,
       }),
   ],

@@ -6,10 +6,10 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Dispatcher } from '../../src/bridge/dispatcher';
-import { createBridgeMetrics } from '../../src/bridge/metrics';
 import type { Outbox, OutboxInput, OutboxRecord } from '../../src/bridge/outbox';
 import type { DomainInfo, NativeConnection, RawDomainEvent } from '../../src/native/contract';
 import { createLogger } from '../../src/util/log';
+import { idleBridgeMetrics } from '../support/bridge-metrics';
 
 const UUID = '6695eb01-f6a4-8304-79aa-97f2502e193f';
 const EVENT_UNDEFINED = 1;
@@ -56,15 +56,6 @@ function event(type: number, seq: number): RawDomainEvent {
 
 function setup(stopDelayMs: number, connection?: Partial<NativeConnection>) {
   const outbox = new RecordingOutbox();
-  const metrics = createBridgeMetrics({
-    queueStats: () => ({ depth: 0, capacity: 1, highWater: 0, dropped: 0, enqueued: 0 }),
-    unconfirmed: () => 0,
-    delayedStopsPending: () => 0,
-    outboxDepth: () => 0,
-    outboxOldestMicros: () => undefined,
-    libvirtUp: () => false,
-    amqpUp: () => false,
-  });
   const dispatcher = new Dispatcher({
     host: 'compute-1',
     bootId: 'boot',
@@ -73,7 +64,7 @@ function setup(stopDelayMs: number, connection?: Partial<NativeConnection>) {
     stopDelayMs,
     connection: () => connection as NativeConnection | undefined,
     outbox,
-    metrics,
+    metrics: idleBridgeMetrics(),
     logger: createLogger('silent', 'test'),
   });
   const transitions = (): string[] => outbox.appended.map((input) => input.transition);

@@ -10,17 +10,7 @@ import type { InstanceRow } from '../../src/store/types';
 import { parseInstance } from '../../src/store/input';
 import { rowFromInput } from '../../src/store/schema';
 import { isoMicros } from '../../src/util/time';
-
-/** A deterministic pseudo-random generator (mulberry32). */
-function random(seed: number): () => number {
-  let state = seed;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { random } from '../support/random';
 
 const STRINGS = [
   '',
