@@ -95,22 +95,8 @@ export async function prepareNotificationExchange(
   exchange: string,
   durable: boolean,
 ): Promise<void> {
-  const probe: Channel = await model.createChannel();
-  probe.on('error', () => undefined);
-  try {
-    await probe.checkExchange(exchange);
-    await probe.close().catch(() => undefined);
-    return;
-  } catch {
-    // 404: create it below (the probe channel is closed by the broker)
-  }
-  const channel = await model.createChannel();
-  channel.on('error', () => undefined);
-  try {
-    await channel.assertExchange(exchange, 'topic', { durable });
-  } finally {
-    await channel.close().catch(() => undefined);
-  }
+  if (await passivelyExists(model, (probe) => probe.checkExchange(exchange))) return;
+  await onThrowAwayChannel(model, (channel) => channel.assertExchange(exchange, 'topic', { durable }));
 }
 
 /**
@@ -135,22 +121,39 @@ export async function prepareNotificationQueue(
   durable: boolean,
 ): Promise<void> {
   const queue = notificationQueue(topic, durable);
-  let exists = false;
-  const probe: Channel = await model.createChannel();
-  probe.on('error', () => undefined);
-  try {
-    await probe.checkQueue(queue.name);
-    exists = true;
-    await probe.close().catch(() => undefined);
-  } catch {
-    // 404: create it below (the probe channel is closed by the broker)
-  }
-  const channel = await model.createChannel();
-  channel.on('error', () => undefined);
-  try {
+  const exists = await passivelyExists(model, (probe) => probe.checkQueue(queue.name));
+  await onThrowAwayChannel(model, async (channel) => {
     if (!exists)
       await channel.assertQueue(queue.name, { durable: queue.durable, autoDelete: false, arguments: {} });
     await channel.bindQueue(queue.name, exchange, notificationRoutingKey(topic));
+  });
+}
+
+/** Whether a passive declare succeeds; on a throw-away channel, since a failed one (404) closes it. */
+async function passivelyExists(
+  model: ChannelModel,
+  check: (probe: Channel) => Promise<unknown>,
+): Promise<boolean> {
+  const probe = await model.createChannel();
+  probe.on('error', () => undefined);
+  try {
+    await check(probe);
+  } catch {
+    return false; // 404: the broker closed the probe channel
+  }
+  await probe.close().catch(() => undefined);
+  return true;
+}
+
+/** Runs `work` on a channel of its own, closed afterwards whatever happens. */
+async function onThrowAwayChannel(
+  model: ChannelModel,
+  work: (channel: Channel) => Promise<unknown>,
+): Promise<void> {
+  const channel = await model.createChannel();
+  channel.on('error', () => undefined);
+  try {
+    await work(channel);
   } finally {
     await channel.close().catch(() => undefined);
   }
