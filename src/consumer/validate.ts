@@ -58,6 +58,7 @@ const OUTCOMES: readonly CommandOutcome[] = [
   'expired',
   'refused',
   'skipped',
+  'not_found',
 ];
 
 class Invalid extends Error {}

@@ -34,12 +34,15 @@ export interface StopCommand {
 }
 
 /**
- * stopped: the domain was shut off by this command; already_stopped: it was not running; failed:
- * libvirt refused (error set); expired: the command arrived after expires_at and was not executed;
- * refused: this bridge does not execute commands (read-only or disabled); skipped: the live
- * power_state was not one of the command's only_if_power_states, so nothing was done.
+ * stopped: the domain was shut off by this command; already_stopped: it was shut off (libvirt state
+ * SHUTOFF) before the command; failed: libvirt refused (error set); expired: the command arrived
+ * after expires_at and was not executed; refused: this bridge does not execute commands (read-only
+ * or disabled); skipped: the live power_state was not one of the command's only_if_power_states, so
+ * nothing was done; not_found: the commanded host has no such domain (it may run elsewhere, e.g.
+ * after a live migration) — never a reason to mark the instance stopped.
  */
-export type CommandOutcome = 'stopped' | 'already_stopped' | 'failed' | 'expired' | 'refused' | 'skipped';
+export type CommandOutcome =
+  'stopped' | 'already_stopped' | 'failed' | 'expired' | 'refused' | 'skipped' | 'not_found';
 
 export interface CommandResult {
   readonly schema: typeof COMMAND_RESULT_SCHEMA;
@@ -50,8 +53,11 @@ export interface CommandResult {
   readonly outcome: CommandOutcome;
   /** How the domain was stopped: shutdown (graceful), destroy, or none. */
   readonly method: 'shutdown' | 'destroy' | 'none';
-  /** Live Nova power_state after the command. */
-  readonly power_state: number;
+  /**
+   * Live Nova power_state after the command, read from libvirt; null when the bridge did not read
+   * libvirt (expired, refused, failed while disconnected): then it says nothing about the guest.
+   */
+  readonly power_state: number | null;
   readonly error: string | null;
   readonly finished_at: string;
 }
