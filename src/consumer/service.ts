@@ -23,19 +23,19 @@
  *   database outage never counts against a quorum queue's delivery limit.
  * - a message that fails on a database that does answer: dead-lettered with the error as reason.
  */
-import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Options } from 'amqplib';
+import type { ChannelModel, ConsumeMessage, Options } from 'amqplib';
 import { EventEmitter } from 'node:events';
 import type { AmqpConnection } from '../amqp/connection';
 import { assertTopology } from '../amqp/topology';
 import type { ReadinessCheck } from '../metrics/server';
-import { commandRoutingKey, type StopCommand } from '../messages/command';
-import { APP_ID } from '../messages/lifecycle';
+import type { StopCommand } from '../messages/command';
 import { Notifier, prepareNotificationExchange, prepareNotificationQueue } from '../notify/notifier';
 import { StoreUnavailableError, type InstanceStore } from '../store/types';
 import { Backoff, cancellableDelay } from '../util/backoff';
 import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
-import { isoMicros, nowMicros } from '../util/time';
+import { nowMicros } from '../util/time';
+import { Acks, type Channels, type Delivery } from './acks';
 import {
   LifecycleHandler,
   ShutdownAbort,
@@ -45,10 +45,11 @@ import {
   type WorkItem,
 } from './handler';
 import type { ConsumerMetrics, MessageOutcome } from './metrics';
+import { commandMessage, deadLetterOptions, publishConfirmed } from './publishing';
 import { consumerTopology, type ConsumerTopologySettings } from './topology';
 import { validateCommandResult, validateLifecycle } from './validate';
 
-export const REASON_HEADER = 'x-virtbus-reason';
+export { REASON_HEADER } from './publishing';
 
 export interface ConsumerSettings extends ConsumerTopologySettings {
   readonly consumer: ConsumerTopologySettings['consumer'] & {
@@ -82,123 +83,6 @@ interface ServiceEvents {
   processed: [info: ProcessedInfo];
   /** Consumption started (true) or paused/stopped (false). */
   consuming: [active: boolean];
-}
-
-interface Channels {
-  readonly generation: number;
-  readonly consume: Channel;
-  readonly publish: ConfirmChannel;
-  depth: Channel | undefined;
-  acks: Acks | undefined;
-  tags: string[];
-  subscribing: boolean;
-  /** #resume was asked for while a subscription was in progress: check again when it ends. */
-  resumeAgain: boolean;
-  open: boolean;
-}
-
-/** A message from its delivery to its acknowledgement. */
-interface Delivery {
-  readonly queue: 'lifecycle' | 'result';
-  readonly channels: Channels;
-  readonly message: ConsumeMessage;
-  /** 0: in hand; 1: done, to be acknowledged; 2: settled with the broker (acknowledged or returned). */
-  state: 0 | 1 | 2;
-  /** Done out of delivery order (counted in Acks' backlog). */
-  behind: boolean;
-  info: ProcessedInfo | undefined;
-}
-
-/**
- * Acknowledges the deliveries of one channel with as few frames as possible: `multiple` acks up to
- * the newest delivery below which everything is done, so one frame usually covers a whole batch.
- * When deliveries done out of order pile up behind one still in hand (a slow dead-letter publish),
- * they are acknowledged one by one, so the prefetch window keeps moving.
- */
-class Acks {
-  #order: Delivery[] = [];
-  #head = 0;
-  #backlog = 0;
-
-  constructor(
-    readonly channels: Channels,
-    readonly backlogLimit: number,
-    readonly acked: (deliveries: readonly Delivery[]) => void,
-    readonly failed: (error: unknown) => void,
-  ) {}
-
-  add(delivery: Delivery): void {
-    this.#order.push(delivery);
-  }
-
-  /** These deliveries are done (their info set): acknowledge them as soon as order allows. */
-  complete(deliveries: readonly Delivery[]): void {
-    for (const delivery of deliveries) delivery.state = 1;
-    this.#advance();
-    for (const delivery of deliveries)
-      if (delivery.state === 1 && !delivery.behind) {
-        delivery.behind = true;
-        this.#backlog += 1;
-      }
-    if (this.#backlog >= this.backlogLimit) this.#ackBacklog();
-  }
-
-  /** The broker already settled this delivery (it was returned to its queue). */
-  settled(delivery: Delivery): void {
-    delivery.state = 2;
-    this.#advance();
-  }
-
-  #advance(): void {
-    const order = this.#order;
-    let last: Delivery | undefined;
-    const done: Delivery[] = [];
-    while (this.#head < order.length && (order[this.#head] as Delivery).state !== 0) {
-      const delivery = order[this.#head] as Delivery;
-      this.#head += 1;
-      if (delivery.behind) this.#backlog -= 1;
-      if (delivery.state === 1) {
-        delivery.state = 2;
-        last = delivery;
-        done.push(delivery);
-      }
-    }
-    if (this.#head > 1024 && this.#head * 2 > order.length) {
-      order.splice(0, this.#head);
-      this.#head = 0;
-    }
-    if (last && this.#send(last.message, true)) this.acked(done);
-  }
-
-  #ackBacklog(): void {
-    const done: Delivery[] = [];
-    const waiting: Delivery[] = [];
-    for (let index = this.#head; index < this.#order.length; index += 1) {
-      const delivery = this.#order[index] as Delivery;
-      if (delivery.state === 0) waiting.push(delivery);
-      else if (delivery.state === 1) {
-        delivery.state = 2;
-        delivery.behind = false;
-        if (this.#send(delivery.message, false)) done.push(delivery);
-      }
-    }
-    // Only the deliveries still in hand stay (settled ones need no more attention).
-    this.#order = waiting;
-    this.#head = 0;
-    this.#backlog = 0;
-    if (done.length > 0) this.acked(done);
-  }
-
-  #send(message: ConsumeMessage, multiple: boolean): boolean {
-    if (!this.channels.open) return false;
-    try {
-      this.channels.consume.ack(message, multiple);
-      return true;
-    } catch (error) {
-      this.failed(error);
-      return false;
-    }
-  }
 }
 
 /** Valid messages waiting for the store stage, and who waits for them. */
@@ -694,22 +578,11 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     const { queue, channels, message } = delivery;
     const { consumer } = this.#settings;
     const properties = message.properties;
-    const headers: Record<string, unknown> = {
-      ...properties.headers,
-      [REASON_HEADER]: reason,
-      'x-virtbus-queue': queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
-      'x-virtbus-original-exchange': message.fields.exchange,
-      'x-virtbus-original-routing-key': message.fields.routingKey,
-      'x-virtbus-dead-lettered-at': isoMicros(nowMicros()),
-    };
-    const options: Options.Publish = { headers, persistent: true };
-    if (properties.contentType) options.contentType = properties.contentType as string;
-    if (properties.contentEncoding) options.contentEncoding = properties.contentEncoding as string;
-    if (properties.messageId) options.messageId = properties.messageId as string;
-    if (properties.type) options.type = properties.type as string;
-    if (properties.appId) options.appId = properties.appId as string;
-    if (properties.timestamp) options.timestamp = properties.timestamp as number;
-    if (properties.correlationId) options.correlationId = properties.correlationId as string;
+    const options = deadLetterOptions(
+      message,
+      reason,
+      queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
+    );
     try {
       await this.#publish(
         consumer.deadLetterExchange,
@@ -753,35 +626,12 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     options: Options.Publish,
     channels: Channels | undefined = this.#channels,
   ): Promise<void> {
-    if (!channels?.open) return Promise.reject(new Error('not connected to the broker'));
-    return new Promise<void>((resolve, reject) => {
-      try {
-        channels.publish.publish(exchange, routingKey, content, options, (error: unknown) =>
-          error
-            ? reject(error instanceof Error ? error : new Error('publish nacked by the broker'))
-            : resolve(),
-        );
-      } catch (error) {
-        reject(error instanceof Error ? error : new Error(String(error)));
-      }
-    });
+    return publishConfirmed(channels, exchange, routingKey, content, options);
   }
 
   #sendCommand(command: StopCommand, ttlMs: number): Promise<void> {
-    return this.#publish(
-      this.#settings.amqp.commandExchange,
-      commandRoutingKey(command.host),
-      Buffer.from(JSON.stringify(command)),
-      {
-        persistent: true,
-        contentType: 'application/json',
-        messageId: command.command_id,
-        appId: APP_ID,
-        type: command.schema,
-        timestamp: Math.floor(Date.now() / 1000),
-        expiration: String(ttlMs),
-      },
-    );
+    const { routingKey, content, options } = commandMessage(command, ttlMs);
+    return this.#publish(this.#settings.amqp.commandExchange, routingKey, content, options);
   }
 
   // ---- timers ------------------------------------------------------------------------------
