@@ -4,7 +4,7 @@
  * reason and where it came from), and the shape of a stop command on the wire. Kept apart so the
  * service reads as the pipeline it is, and so the command's wire properties have one home.
  */
-import type { ConsumeMessage, Options } from 'amqplib';
+import type { ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
 import { commandRoutingKey, type StopCommand } from '../messages/command';
 import { APP_ID } from '../messages/lifecycle';
 import { isoMicros, nowMicros } from '../util/time';
@@ -63,15 +63,22 @@ export function deadLetterOptions(
   return options;
 }
 
-/** A stop command on the wire: routing key, body and properties (expiring after ttlMs). */
+/**
+ * A stop command on the wire: routing key, body and properties (expiring after ttlMs). `userId` is
+ * the consumer's broker user: the broker refuses any other value, so a bridge can trust it names the
+ * consumer. `mandatory`: a command no queue takes comes back (basic.return) instead of vanishing.
+ */
 export function commandMessage(
   command: StopCommand,
   ttlMs: number,
+  userId = '',
 ): { routingKey: string; content: Buffer; options: Options.Publish } {
   return {
     routingKey: commandRoutingKey(command.host),
     content: Buffer.from(JSON.stringify(command)),
     options: {
+      ...(userId ? { userId } : {}),
+      mandatory: true,
       persistent: true,
       contentType: 'application/json',
       messageId: command.command_id,
@@ -81,4 +88,54 @@ export function commandMessage(
       expiration: String(ttlMs),
     },
   };
+}
+
+/** A stop command the broker could not route to any queue (no bridge queue bound for its host). */
+export class CommandReturnedError extends Error {
+  override readonly name = 'CommandReturnedError';
+}
+
+/** Message ids returned by the broker on each confirm channel, until their confirm arrives. */
+const returnedIds = new WeakMap<ConfirmChannel, Set<string>>();
+
+/**
+ * Records what the broker returns on this channel. The broker sends basic.return before the
+ * basic.ack of the same message, so when a command's confirm arrives its return (if any) is known.
+ */
+export function watchReturns(channel: ConfirmChannel, onReturn: (message: Message) => void): void {
+  const ids = new Set<string>();
+  returnedIds.set(channel, ids);
+  channel.on('return', (message: Message) => {
+    const id = message.properties.messageId as unknown;
+    if (typeof id === 'string') ids.add(id);
+    onReturn(message);
+  });
+}
+
+/**
+ * Publishes a stop command and resolves once the broker confirmed it AND routed it: a returned
+ * (unroutable) command rejects with CommandReturnedError, so the caller's publish-failure path runs
+ * instead of the command timing out unseen.
+ */
+export async function publishCommand(
+  channels: Channels | undefined,
+  exchange: string,
+  command: StopCommand,
+  ttlMs: number,
+  userId: string,
+): Promise<void> {
+  const { routingKey, content, options } = commandMessage(command, ttlMs, userId);
+  const ids = channels ? returnedIds.get(channels.publish) : undefined;
+  let failure: Error | undefined;
+  try {
+    await publishConfirmed(channels, exchange, routingKey, content, options);
+  } catch (error) {
+    failure = error instanceof Error ? error : new Error(String(error));
+  }
+  // A return outranks whatever else happened to the publish.
+  if (ids?.delete(command.command_id))
+    throw new CommandReturnedError(
+      `stop command returned by the broker: no queue bound for routing key ${routingKey} on ${exchange}`,
+    );
+  if (failure !== undefined) throw failure;
 }

@@ -45,15 +45,22 @@ import {
   type WorkItem,
 } from './handler';
 import type { ConsumerMetrics, MessageOutcome } from './metrics';
-import { commandMessage, deadLetterOptions, publishConfirmed } from './publishing';
+import { deadLetterOptions, publishCommand, publishConfirmed, watchReturns } from './publishing';
+import { verifySender, type SenderPolicy } from './senders';
 import { consumerTopology, type ConsumerTopologySettings } from './topology';
 import { validateCommandResult, validateLifecycle } from './validate';
 
 export { REASON_HEADER } from './publishing';
 
+/** How much of an oversized body goes to the dead-letter queue (enough to see what it was). */
+export const DEAD_LETTER_PREFIX_BYTES = 1024;
+
 export interface ConsumerSettings extends ConsumerTopologySettings {
   readonly consumer: ConsumerTopologySettings['consumer'] & {
     readonly prefetch: number;
+    /** Bodies above this are dead-lettered before they are decoded. */
+    readonly maxMessageBytes: number;
+    readonly senders: SenderPolicy;
     /** nova or observe (validated by the configuration schema). */
     readonly mode: string;
     readonly stopTimeoutMs: number;
@@ -307,6 +314,13 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     try {
       const publish = await model.createConfirmChannel();
       publish.on('error', (error: Error) => this.#logger.warn({ err: error }, 'publish channel error'));
+      watchReturns(publish, (message) => {
+        this.#metrics.commandsReturned.inc();
+        this.#logger.error(
+          { routingKey: message.fields.routingKey, command: message.properties.messageId as unknown },
+          "stop command returned by the broker: no queue for that host's bridge",
+        );
+      });
       await assertTopology(publish, consumerTopology(this.#settings));
       const { notifications } = this.#settings.consumer;
       if (notifications.enabled) {
@@ -464,25 +478,23 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     if (deliveries.length === 0) return;
     this.#intake = [];
     this.#metrics.inFlight.inc(deliveries.length);
-    const { consumer } = this.#settings;
     const nowUs = nowMicros();
     const items: WorkItem[] = [];
     const valid: Delivery[] = [];
     for (const delivery of deliveries) {
-      const { queue, message } = delivery;
-      if (queue === 'lifecycle') {
-        const validated = validateLifecycle(message.content, nowUs, consumer.maxFutureSkewMs);
-        if (validated.ok) {
-          items.push({ kind: 'lifecycle', event: validated.value });
+      let rejected: { reason: string; truncated?: boolean } | undefined;
+      try {
+        const item = this.#read(delivery, nowUs);
+        if ('reason' in item) rejected = item;
+        else {
+          items.push(item);
           valid.push(delivery);
-        } else this.#track(this.#deadLetter(delivery, validated.reason));
-      } else {
-        const validated = validateCommandResult(message.content, nowUs, consumer.maxFutureSkewMs);
-        if (validated.ok) {
-          items.push({ kind: 'result', result: validated.value });
-          valid.push(delivery);
-        } else this.#track(this.#deadLetter(delivery, validated.reason));
+        }
+      } catch (error) {
+        // Nothing a message says may throw out of the intake: it would strand the whole turn.
+        rejected = { reason: `unreadable message: ${(error as Error).message}` };
       }
+      if (rejected) this.#track(this.#deadLetter(delivery, rejected.reason, rejected.truncated === true));
     }
     if (valid.length === 0) return;
     this.#track(
@@ -491,6 +503,46 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         if (!this.#stageRunning) void this.#runStage();
       }),
     );
+  }
+
+  /**
+   * One delivery from bytes to a work item: the size bound (before anything is decoded), the
+   * schema, then the sender. Returns why it is unusable instead when it is.
+   */
+  #read(delivery: Delivery, nowUs: number): WorkItem | { reason: string; truncated?: boolean } {
+    const { consumer } = this.#settings;
+    const { queue, message } = delivery;
+    if (message.content.length > consumer.maxMessageBytes) {
+      this.#metrics.oversized.inc();
+      return {
+        reason: `body too large: ${message.content.length} bytes, over consumer.maxMessageBytes (${consumer.maxMessageBytes})`,
+        truncated: true,
+      };
+    }
+    let item: WorkItem;
+    let host: string;
+    if (queue === 'lifecycle') {
+      const validated = validateLifecycle(message.content, nowUs, consumer.maxFutureSkewMs);
+      if (!validated.ok) return validated;
+      item = { kind: 'lifecycle', event: validated.value };
+      host = validated.value.host;
+    } else {
+      const validated = validateCommandResult(message.content, nowUs, consumer.maxFutureSkewMs);
+      if (!validated.ok) return validated;
+      item = { kind: 'result', result: validated.value };
+      host = validated.value.host;
+    }
+    const verdict = verifySender(
+      consumer.senders,
+      host,
+      message.fields.routingKey,
+      message.properties.userId,
+    );
+    if (verdict) {
+      this.#metrics.senderRejections.inc({ reason: verdict.rejection });
+      return verdict;
+    }
+    return item;
   }
 
   #track(task: Promise<void>): void {
@@ -574,7 +626,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
    * confirm channel), then acknowledges the original. If the dead-letter publish fails, the original
    * is returned to the queue instead (its delivery limit bounds the retries), so nothing is lost.
    */
-  async #deadLetter(delivery: Delivery, reason: string): Promise<void> {
+  async #deadLetter(delivery: Delivery, reason: string, truncate = false): Promise<void> {
     const { queue, channels, message } = delivery;
     const { consumer } = this.#settings;
     const properties = message.properties;
@@ -583,14 +635,14 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       reason,
       queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
     );
+    // An oversized body is kept only as a prefix: the dead-letter queue must stay bounded too.
+    let content = message.content;
+    if (truncate && content.length > DEAD_LETTER_PREFIX_BYTES) {
+      content = content.subarray(0, DEAD_LETTER_PREFIX_BYTES);
+      (options.headers as Record<string, unknown>)['x-virtbus-original-bytes'] = message.content.length;
+    }
     try {
-      await this.#publish(
-        consumer.deadLetterExchange,
-        message.fields.routingKey,
-        message.content,
-        options,
-        channels,
-      );
+      await this.#publish(consumer.deadLetterExchange, message.fields.routingKey, content, options, channels);
     } catch (error) {
       this.#logger.error({ err: error, reason }, 'cannot dead-letter a message; returning it to its queue');
       this.#metrics.inFlight.dec();
@@ -629,9 +681,15 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     return publishConfirmed(channels, exchange, routingKey, content, options);
   }
 
+  /** Sent as this consumer's broker user (bridges verify it), mandatory (a return is a failure). */
   #sendCommand(command: StopCommand, ttlMs: number): Promise<void> {
-    const { routingKey, content, options } = commandMessage(command, ttlMs);
-    return this.#publish(this.#settings.amqp.commandExchange, routingKey, content, options);
+    return publishCommand(
+      this.#channels,
+      this.#settings.amqp.commandExchange,
+      command,
+      ttlMs,
+      this.#amqp.user,
+    );
   }
 
   // ---- timers ------------------------------------------------------------------------------
