@@ -46,7 +46,16 @@ export class EventPump {
    * events taken here have been handed over.
    */
   takeQueued(): RawDomainEvent[] {
-    const { events, closes, overflowed } = this.binding.drain();
+    let drained: ReturnType<NativeBinding['drain']>;
+    try {
+      drained = this.binding.drain();
+    } catch (error) {
+      // No loop started from this thread (an embedding that drives the addon elsewhere): the pump
+      // cannot drain either, so there is nothing queued that this process would see.
+      this.logger.debug({ err: error }, 'takeQueued: the native queue cannot be drained here');
+      return [];
+    }
+    const { events, closes, overflowed } = drained;
     if (closes.length > 0 || overflowed > 0) {
       this.#takenCloses.push(...closes);
       this.#takenOverflow += overflowed;
