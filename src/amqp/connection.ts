@@ -28,6 +28,8 @@ export interface AmqpConnectionOptions {
   readonly connectionName: string;
   readonly reconnectInitialDelayMs: number;
   readonly reconnectMaxDelayMs: number;
+  /** The broker user name, when the URL does not say it (certificate authentication); '' = from the URL. */
+  readonly user?: string;
   readonly logger: Logger;
 }
 
@@ -70,6 +72,20 @@ function withHeartbeat(url: string, seconds: number): string {
   return parsed.toString();
 }
 
+/**
+ * The broker user a connection to this URL authenticates as: the URL's user name, or guest (the
+ * client's default) when it names none. What a publisher sets as user_id: RabbitMQ refuses any other.
+ */
+export function brokerUser(url: string, configured = ''): string {
+  if (configured) return configured;
+  try {
+    const user = new URL(url).username;
+    return user ? decodeURIComponent(user) : 'guest';
+  } catch {
+    return 'guest';
+  }
+}
+
 export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
   readonly #options: AmqpConnectionOptions;
   readonly #urls: string[];
@@ -77,6 +93,8 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
   readonly #backoff: Backoff;
   #model: ChannelModel | undefined;
   #urlIndex = 0;
+  /** The broker user of the current (or first) URL, computed once per connect (read per publish). */
+  #user: string;
   #loop: Promise<void> | undefined;
   #wakeReconnect: (() => void) | undefined;
   #blocked = false;
@@ -85,11 +103,17 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
     super();
     this.#options = options;
     this.#urls = splitUrls(options.url);
+    this.#user = brokerUser(this.#urls[0] ?? '', options.user);
     this.#backoff = new Backoff(options.reconnectInitialDelayMs, options.reconnectMaxDelayMs);
   }
 
   get model(): ChannelModel | undefined {
     return this.#model;
+  }
+
+  /** The broker user of the current connection (set it as user_id on what is published on it). */
+  get user(): string {
+    return this.#user;
   }
 
   get isUp(): boolean {
@@ -180,6 +204,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
         this.emit('unblocked');
       });
       this.#backoff.reset();
+      this.#user = brokerUser(url, this.#options.user);
       this.#model = model;
       logger.info({ broker: redactValue(url) }, 'connected to the broker');
       this.emit('up', model);
@@ -202,6 +227,7 @@ export function amqpOptionsFromConfig(
     reconnectInitialDelayMs: number;
     reconnectMaxDelayMs: number;
     tls: AmqpTlsOptions;
+    user?: string;
   },
   connectionName: string,
   logger: Logger,
@@ -213,6 +239,7 @@ export function amqpOptionsFromConfig(
     connectionName,
     reconnectInitialDelayMs: amqp.reconnectInitialDelayMs,
     reconnectMaxDelayMs: amqp.reconnectMaxDelayMs,
+    user: amqp.user ?? '',
     logger,
   };
 }

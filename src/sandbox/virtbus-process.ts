@@ -44,6 +44,7 @@ export function startVirtbus(
       ...process.env,
       VIRTBUS_METRICS_PORT: '0',
       VIRTBUS_LOG_LEVEL: 'debug',
+      VIRTBUS_CONSUMER_SENDERS: 'routing-key', // one shared broker user here: lax sender check (docs/consumer.md)
       ...(ownOutbox ? { VIRTBUS_OUTBOX_DIR: ownOutbox } : {}),
       ...env,
     },

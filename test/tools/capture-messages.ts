@@ -255,12 +255,21 @@ ${block('A `started` in the oslo envelope, raw as it travels:', started, pretty(
 Where Nova's \`_sync_instance_power_state\` calls \`compute_api.stop\` (4b, 4c) or \`force_stop\` (4g,
 4h), the consumer (in \`nova\` mode) sets \`task_state = powering-off\` and sends a command to the
 instance's host. The bridge re-reads the live state, honours \`only_if_power_states\` (Nova's re-check
-before stopping; otherwise outcome \`skipped\`), shuts the domain down gracefully and destroys it after
-\`bridge.commands.gracefulTimeoutMs\` (always for \`force_stop\`, for \`stop\` when
-\`bridge.commands.destroyOnTimeout\`), and answers. Outcomes: \`stopped\`, \`already_stopped\`,
-\`skipped\`, \`failed\` (with \`error\`), \`expired\` (arrived after \`expires_at\`, not executed),
-\`refused\` (read-only bridge or commands disabled). The command is acked only after its result is
-confirmed, so a bridge that dies mid-command gets it again.
+before stopping; otherwise outcome \`skipped\`) and then does what Nova's \`power_off\` does: a clean
+(ACPI) shutdown, skipped when the guest is already shutting down (libvirt \`SHUTDOWN\`) or crashed
+(\`CRASHED\`), as Nova's \`_clean_shutdown\` returns at once for those states; then a destroy unless the
+domain is really shut off — right away for a guest shutting down or crashed, after
+\`bridge.commands.gracefulTimeoutMs\` for a guest that ignores the shutdown (always for \`force_stop\`,
+for \`stop\` when \`bridge.commands.destroyOnTimeout\`, the default; with it false a \`stop\` never
+destroys and answers \`failed\`). Outcomes: \`stopped\` (\`method\` \`shutdown\` or \`destroy\`),
+\`already_stopped\` (only a domain already \`SHUTOFF\`), \`not_found\` (this host has no such domain: it
+may run elsewhere, e.g. after a live migration; never a reason to mark the instance stopped),
+\`skipped\`, \`failed\` (with \`error\`), \`expired\` (arrived after \`expires_at\`, not executed), \`refused\`
+(read-only bridge, commands disabled, or \`expires_at\` beyond the bridge's horizon). \`power_state\`
+is the live Nova power_state read after the command, and \`null\` when the bridge did not read libvirt
+(\`expired\`, \`refused\`, \`not_found\`, \`failed\` while libvirt is disconnected): it then says nothing
+about the guest. The command is acked only after its result is confirmed, so a bridge that dies
+mid-command gets it again.
 
 ${block('`stop` (4b: an active instance found shut off):', stop, pretty(stop.body))}
 ${block('`force_stop` (4g: a stopped instance found running):', forceStop, pretty(forceStop.body))}
