@@ -103,6 +103,7 @@ export class Bridge {
       format: config.amqp.format as 'json' | 'oslo',
       stopDelayMs: config.bridge.stopDelayMs,
       connection: () => this.#libvirt.connection,
+      takeQueued: () => this.#pump.takeQueued(),
       outbox: this.#outbox,
       metrics: this.metrics,
       logger: logger.child({ module: 'dispatcher' }),

@@ -206,7 +206,12 @@ replaced by \`_\` (\`cmp-01.example.org\` → \`cmp-01_example_org\`), so a dott
 Transitions: Nova's \`started stopped paused resumed postcopy_started migration_completed\`
 (\`nova_transition\` carries Nova's name), the lifecycle events Nova drops
 \`defined undefined shutdown pmsuspended crashed\`, \`rebooted\` (VIR_DOMAIN_EVENT_ID_REBOOT) and the
-snapshot pair \`sync\`/\`sync_end\`.
+snapshot pair \`sync\`/\`sync_end\`. A SUSPENDED/MIGRATED event is \`migration_completed\` when its
+migration job completed and \`paused\` otherwise (failed migrations too: Nova bug #1788014); when the
+job cannot be read at all — an unexpected libvirt error, or libvirt disconnected — nothing is
+published, as Nova's callback queues nothing then (its job query raises); the bridge logs a warning,
+and the state reaches the consumer through the next snapshot (a reconnect snapshot follows a lost
+connection).
 
 | field | meaning |
 |---|---|
@@ -235,7 +240,10 @@ ${block("A `paused` event, its live `power_state` read at dispatch. Had the gues
 At start, after every libvirt reconnect, every \`bridge.resyncIntervalSeconds\` and after a native
 queue overflow the bridge publishes one \`sync\` per domain and then one \`sync_end\` listing them all.
 A consumer treats rows of that host that are missing from \`instance_uuids\` (and unchanged since
-\`taken_at\`) as domains that vanished (NOSTATE). These were captured with \`amqp.format = oslo\`:
+\`taken_at\`) as domains that vanished (NOSTATE). A domain whose STOPPED is being held (Nova's delay)
+gets **no** \`sync\` — the held STOPPED speaks for it: published as \`stopped\` when the delay ends, or
+cancelled by the event that ends the reboot — but it is still listed in \`instance_uuids\`, so it does
+not look vanished; \`snapshot.count\` is the number of \`sync\` messages. These were captured with \`amqp.format = oslo\`:
 the body is an oslo.messaging v2 envelope whose \`oslo.message\` is a JSON **string**
 (\`event_type\` \`libvirt.domain.lifecycle\`, \`publisher_id\` \`virtbus:<host>\`); shown decoded:
 
