@@ -22,11 +22,13 @@
 import { PowerState } from '../libvirt/constants';
 import { COMMAND_SCHEMA, newCommandId, type CommandAction, type StopCommand } from '../messages/command';
 import type { Notifier } from '../notify/notifier';
-import type { InstanceRow, InstanceStore } from '../store/types';
+import type { InstanceRow, InstanceStore, MigrationEvidence } from '../store/types';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros, parseIsoMicros } from '../util/time';
 import type { ConsumerMetrics, MessageOutcome, SyncAction } from './metrics';
+import { agreed, liveEvidence, migrationWord } from './migration';
 import { expectedPowerState, stopPrecondition, stopRefusal, syncBranch } from './nova';
+import { eventPosition, isAfter, isNotNewer } from './position';
 import {
   ShutdownAbort,
   asError,
@@ -42,6 +44,7 @@ import { expiryTask, resultTask, type StopContext } from './stop-results';
 import type { CommandResultIn, LifecycleEventIn } from './validate';
 
 export { ShutdownAbort, type StoreRunner } from './rounds';
+export { isNotNewer } from './position';
 
 export type ConsumerMode = 'nova' | 'observe';
 
@@ -57,7 +60,13 @@ export interface HandlerOptions {
   readonly logger: Logger;
   /** Clock in epoch microseconds (tests). */
   readonly now?: () => number;
+  /** consumer.followMigrations (default true): rows follow live migrations both hosts agree on. */
+  readonly followMigrations?: boolean;
+  /** consumer.migrationWindowMs (default 600000): how long one host's word waits for the other's. */
+  readonly migrationWindowMs?: number;
 }
+
+const DEFAULT_MIGRATION_WINDOW_MS = 600_000;
 
 /** A message for the handler: a validated lifecycle event or stop-command result. */
 export type WorkItem =
@@ -76,27 +85,18 @@ export type ItemResult =
 /** sync_end candidates and expired commands per store round. */
 const ROUND_ROWS = 500;
 
-/**
- * True when the row already reflects this message or a newer one (occurred_at, then boot_id/seq).
- * The position is set by applied lifecycle messages (their occurred_at, boot_id, seq) and by
- * successful stop results (the bridge's finished_at, with no boot_id/seq: a result has none).
- */
-export function isNotNewer(event: LifecycleEventIn, row: InstanceRow): boolean {
-  if (row.event_at_us === null) return false;
-  if (event.occurredUs !== row.event_at_us) return event.occurredUs < row.event_at_us;
-  // The same microsecond: within one bridge process seq orders; across processes (or against a
-  // stop result's position, which has no boot_id) treat as new.
-  return event.bootId === row.event_boot_id && event.seq <= (row.event_seq ?? -1);
-}
-
 export class LifecycleHandler {
   readonly #options: HandlerOptions;
   readonly #now: () => number;
   readonly #stopContext: StopContext;
+  readonly #follow: boolean;
+  readonly #windowMs: number;
 
   constructor(options: HandlerOptions) {
     this.#options = options;
     this.#now = options.now ?? nowMicros;
+    this.#follow = options.followMigrations ?? true;
+    this.#windowMs = options.migrationWindowMs ?? DEFAULT_MIGRATION_WINDOW_MS;
     this.#stopContext = {
       logger: options.logger,
       metrics: options.metrics,
@@ -208,6 +208,24 @@ export class LifecycleHandler {
           return undefined;
         },
       };
+    let current = row;
+    if (this.#follow) {
+      const step = this.#migrationStep(event, row);
+      if ('outcome' in step) return step;
+      current = step.row;
+    }
+    return this.#novaSync(event, current, uuid, vmPowerState, periodic);
+  }
+
+  /** handle_lifecycle_event / the periodic sync from the ordering check on (Nova's own steps). */
+  #novaSync(
+    event: LifecycleEventIn,
+    row: InstanceRow,
+    uuid: string,
+    vmPowerState: number | null,
+    periodic: boolean,
+  ): Decision {
+    const { logger } = this.#options;
     if (isNotNewer(event, row)) return { outcome: 'out_of_order' };
     if (vmPowerState === null || (!periodic && event.powerState !== vmPowerState))
       // Staleness guard (bug #1468431): a later event describes the current state.
@@ -251,6 +269,150 @@ export class LifecycleHandler {
   }
 
   /**
+   * Live migration (migration.ts): what this message says about one, on the row as it stands. A
+   * decision when the message is migration evidence that ends here (recorded, or the row moved);
+   * otherwise the row to continue Nova's sync on, with expired or void evidence dropped (a row
+   * that keeps live evidence gets no stop or force_stop, see #applySync).
+   */
+  #migrationStep(event: LifecycleEventIn, row: InstanceRow): Decision | { readonly row: InstanceRow } {
+    const now = this.#now();
+    const evidence = liveEvidence(row.migration, row.host, now, this.#windowMs);
+    const base = evidence === row.migration ? row : { ...row, migration: evidence };
+    if (row.host === null || row.vm_state === 'deleted') return { row: base };
+    const word = migrationWord(event);
+    if (event.host !== row.host) {
+      if (word === 'arrived') {
+        const position = eventPosition(event);
+        // The same destination's older word adds nothing (Nova's host check then skips it).
+        if (evidence?.dest === event.host && !isAfter(position, evidence.dest_position)) return { row: base };
+        const next: MigrationEvidence = {
+          source: row.host,
+          source_state: evidence?.source_state ?? null,
+          dest: event.host,
+          dest_power: event.transition === 'sync' ? event.powerState : PowerState.RUNNING,
+          dest_position: position,
+          updated_us: now,
+        };
+        return agreed(next)
+          ? this.#move(base, next, event.transition)
+          : this.#record(
+              base,
+              next,
+              event,
+              'a host reports the guest arrived by live migration; waiting for its host to report it left',
+            );
+      }
+      // The recorded destination stopped it (STOPPED FAILED of a failed migration): its word is void.
+      if (evidence?.dest === event.host && event.transition === 'stopped') {
+        const next =
+          evidence.source_state === null
+            ? null
+            : { ...evidence, dest: null, dest_power: null, dest_position: null };
+        return { outcome: 'skipped_host', next: { ...base, migration: next } };
+      }
+      return { row: base };
+    }
+    if (isNotNewer(event, row)) return { row: base };
+    if (word === 'leaving' || word === 'left') {
+      const next: MigrationEvidence = {
+        source: row.host,
+        source_state: word === 'left' || evidence?.source_state === 'left' ? 'left' : 'leaving',
+        dest: evidence?.dest ?? null,
+        dest_power: evidence?.dest_power ?? null,
+        dest_position: evidence?.dest_position ?? null,
+        updated_us: now,
+      };
+      const positioned: InstanceRow = {
+        ...base,
+        event_at_us: event.occurredUs,
+        event_boot_id: event.bootId,
+        event_seq: event.seq,
+      };
+      return agreed(next)
+        ? this.#move(positioned, next, event.transition)
+        : this.#record(
+            positioned,
+            next,
+            event,
+            `the instance's host reports a live migration away (${word}); waiting for the destination`,
+          );
+    }
+    // Its host runs the guest again (a failed migration resumes it, or it was started anew).
+    if (evidence && (event.transition === 'started' || event.transition === 'resumed'))
+      return { row: { ...base, migration: null } };
+    return { row: base };
+  }
+
+  /** One host's word about a migration, recorded (no power_state write, no notification). */
+  #record(row: InstanceRow, evidence: MigrationEvidence, event: LifecycleEventIn, message: string): Decision {
+    const { logger } = this.#options;
+    return {
+      outcome: 'migrating',
+      next: { ...row, migration: evidence },
+      effects: () => {
+        logger.info(
+          {
+            uuid: row.uuid,
+            host: row.host,
+            from: event.host,
+            transition: event.transition,
+            dest: evidence.dest,
+            source_state: evidence.source_state,
+          },
+          message,
+        );
+        return undefined;
+      },
+    };
+  }
+
+  /**
+   * Both hosts agreed: the row follows the guest (Nova's post_live_migration_at_destination moves
+   * instance.host): host, the destination's power_state and event position, one instance.update. A
+   * stop still out to the source is superseded; its late result finds the command no longer pending.
+   */
+  #move(row: InstanceRow, evidence: MigrationEvidence & { readonly dest: string }, via: string): Decision {
+    const { logger, metrics, notifier } = this.#options;
+    const nowIso = isoMicros(this.#now());
+    const position = evidence.dest_position;
+    const stopping = row.task_state === 'powering-off';
+    const next: InstanceRow = {
+      ...row,
+      host: evidence.dest,
+      power_state: evidence.dest_power ?? row.power_state,
+      event_at_us: position?.at_us ?? null,
+      event_boot_id: position?.boot_id ?? null,
+      event_seq: position?.seq ?? null,
+      migration: null,
+      ...(stopping
+        ? {
+            task_state: null,
+            pending_command_id: null,
+            pending_command_host: null,
+            pending_action: null,
+            command_deadline_ms: null,
+            last_error: `${row.pending_action ?? 'stop'} superseded: the guest live-migrated to ${evidence.dest}`,
+          }
+        : {}),
+      last_action: 'migration_followed',
+      last_action_at: nowIso,
+      updated_at: nowIso,
+    };
+    return {
+      outcome: 'migrated',
+      next,
+      effects: () => {
+        metrics.syncActions.inc({ action: 'migration_followed' });
+        logger.info(
+          { uuid: row.uuid, src: row.host, dst: evidence.dest, power_state: next.power_state, via },
+          'live migration agreed by both hosts; the instance follows the guest',
+        );
+        return notifier.instanceUpdates(row, [next]);
+      },
+    };
+  }
+
+  /**
    * sync_end: rows of this host that the snapshot does not list, and that did not change since it
    * was taken, are domains the hypervisor no longer has — the periodic sync sees NOSTATE.
    */
@@ -281,13 +443,29 @@ export class LifecycleHandler {
             !row ||
             row.host !== event.host ||
             row.vm_state === 'deleted' ||
-            row.task_state !== null ||
             parseIsoMicros(row.updated_at) > takenUs ||
             (row.event_at_us !== null && row.event_at_us > takenUs) ||
             isNotNewer(event, row)
           )
             return { outcome: 'sync_end' };
-          const decision = this.#applySync(row, event, PowerState.NOSTATE, 'sync_end');
+          let current = row;
+          if (this.#follow && row.host !== null) {
+            // The host's snapshot without the guest is its word that the guest left.
+            const now = this.#now();
+            const evidence = liveEvidence(row.migration, row.host, now, this.#windowMs);
+            const next: MigrationEvidence = {
+              source: row.host,
+              source_state: 'left',
+              dest: evidence?.dest ?? null,
+              dest_power: evidence?.dest_power ?? null,
+              dest_position: evidence?.dest_position ?? null,
+              updated_us: now,
+            };
+            if (agreed(next)) return this.#move(row, next, 'sync_end');
+            current = { ...row, migration: next };
+          }
+          if (current.task_state !== null) return { outcome: 'sync_end', next: current };
+          const decision = this.#applySync(current, event, PowerState.NOSTATE, 'sync_end');
           return {
             ...decision,
             effects: () => {
@@ -331,11 +509,18 @@ export class LifecycleHandler {
     let next = afterPower;
     let command: StopCommand | undefined;
     let refusal: string | null = null;
+    let withheld = false;
     if (branch.action === 'stop' || branch.action === 'force_stop') {
       const action: CommandAction = branch.action;
       refusal = action === 'stop' ? stopRefusal(afterPower) : null;
       if (refusal) {
         actions.push('stop_not_allowed');
+      } else if (row.migration !== null) {
+        // A live migration is in evidence: Nova does not act on an instance whose task_state is
+        // 'migrating'; the power state is recorded, the stop withheld.
+        withheld = true;
+        next = { ...afterPower, last_action: `withheld_${action}`, last_action_at: nowIso };
+        actions.push('migration_stop_withheld');
       } else if (mode === 'nova') {
         const ttlMs = Math.max(1, Math.floor(stopTimeoutMs / 2));
         const precondition = stopPrecondition(branch.branch);
@@ -354,6 +539,7 @@ export class LifecycleHandler {
           ...afterPower,
           task_state: 'powering-off',
           pending_command_id: command.command_id,
+          pending_command_host: command.host,
           pending_action: action,
           command_deadline_ms: Math.floor(now / 1000) + stopTimeoutMs,
           last_action: action,
@@ -381,10 +567,15 @@ export class LifecycleHandler {
         branch: branch.branch,
         transition: event.transition,
       });
-      if (refusal || command || branch.message) {
+      if (refusal || withheld || command || branch.message) {
         const context = logContext();
         if (refusal)
           logger.warn({ ...context, reason: refusal }, `${branch.message} The stop API refused: ${refusal}`);
+        else if (withheld)
+          logger.warn(
+            { ...context, migration: row.migration },
+            `${branch.message} Withheld: a live migration of this instance is in evidence.`,
+          );
         else if (command)
           logger.warn({ ...context, command: command.command_id, action: command.action }, branch.message);
         else if (branch.action === 'stop' || branch.action === 'force_stop')
