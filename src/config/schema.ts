@@ -467,6 +467,18 @@ export const schema = {
       env: 'VIRTBUS_CONSUMER_MODE',
       arg: 'mode',
     },
+    followMigrations: {
+      doc: "Move a row to the host a guest live-migrated to once both hosts agree (the destination reports started/resumed with detail migrated or lists it running, the row's host reports migration_completed, stopped migrated or a snapshot without it); while only one host's word is in, record power states but never stop the guest. Observe mode follows migrations too (it moves the row, never commands). false: rows never change host (something else moves instance.host, as Nova's own post-migration step does).",
+      format: Boolean,
+      default: true,
+      env: 'VIRTBUS_CONSUMER_FOLLOW_MIGRATIONS',
+    },
+    migrationWindowMs: {
+      doc: "How long one host's word about a live migration is kept waiting for the other's; until then the row gets no stop or force_stop. After it, a migration that never completed is forgotten and the row is synced normally again.",
+      format: 'positive-int',
+      default: 600000,
+      env: 'VIRTBUS_CONSUMER_MIGRATION_WINDOW_MS',
+    },
     stopTimeoutMs: {
       doc: "How long the consumer waits for a stop command's outcome before clearing task_state and recording the timeout.",
       format: 'positive-int',
