@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../util/log';
 import { Backoff, cancellableDelay } from '../util/backoff';
-import { redactValue } from '../config/load';
+import { redactValue } from '../config/redact';
 
 export interface AmqpTlsOptions {
   readonly caFile: string;
