@@ -327,26 +327,6 @@ export const schema = {
       default: 600,
       env: 'VIRTBUS_RESYNC_INTERVAL',
     },
-    maxMessageBytes: {
-      doc: 'Largest message body the consumer reads: a bigger one is dead-lettered (reason "body too large", only its first KiB kept) before it is decoded. Keep it at or below the broker\'s max_message_size.',
-      format: 'positive-int',
-      default: 1048576,
-      env: 'VIRTBUS_CONSUMER_MAX_MESSAGE_BYTES',
-    },
-    senders: {
-      mode: {
-        doc: "Sender verification of lifecycle messages and stop results: strict (the body's host must match the routing key's host segment and the broker-verified user_id must be that host's user; a message without user_id is dead-lettered), routing-key (only the routing key is checked), off (nothing is checked; tests and single-host labs). See docs/consumer.md.",
-        format: ['strict', 'routing-key', 'off'],
-        default: 'strict',
-        env: 'VIRTBUS_CONSUMER_SENDERS',
-      },
-      userTemplate: {
-        doc: "Broker user each host's bridge publishes as, in strict mode: {segment} is replaced by the host's routing-key segment (e.g. bridge-{segment}).",
-        format: 'sender-user-template',
-        default: '{segment}',
-        env: 'VIRTBUS_CONSUMER_SENDER_USER_TEMPLATE',
-      },
-    },
     shutdownTimeoutMs: {
       doc: 'On SIGTERM/SIGINT, the bound of the whole graceful shutdown: running stop commands, dispatching the queued events and the outstanding broker confirms. What is unconfirmed then stays in the journal; running commands are redelivered.',
       format: 'nat',
@@ -439,9 +419,9 @@ export const schema = {
       env: 'VIRTBUS_CONSUMER_HOSTS',
     },
     prefetch: {
-      doc: 'Unacknowledged messages the broker may deliver to this consumer at once (applied in batches; a deep window hides the broker round trips). At most 1000: each may hold up to consumer.maxMessageBytes in memory.',
+      doc: 'Unacknowledged messages the broker may deliver to this consumer at once (applied in batches; a deep window hides the broker round trips). At most 1000: the consumer may hold prefetch × consumer.maxMessageBytes in memory.',
       format: 'prefetch',
-      default: 500,
+      default: 1000,
       env: 'VIRTBUS_CONSUMER_PREFETCH',
     },
     deliveryLimit: {
