@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../util/log';
 import { Backoff, cancellableDelay } from '../util/backoff';
-import { redactValue } from '../config/load';
+import { redactValue } from '../config/redact';
 
 export interface AmqpTlsOptions {
   readonly caFile: string;
@@ -47,13 +47,29 @@ export function splitUrls(url: string): string[] {
     .filter((part) => part.length > 0);
 }
 
-function socketOptions(url: string, options: AmqpConnectionOptions): Record<string, unknown> {
+/** amqps:// in any letter case (URL schemes are case-insensitive: AMQPS:// is TLS too). */
+export function isTlsUrl(url: string): boolean {
+  try {
+    return new URL(url).protocol === 'amqps:';
+  } catch {
+    return /^amqps:/i.test(url.trim());
+  }
+}
+
+/**
+ * amqplib's socket options for one URL: client properties, and for amqps:// the CA, client
+ * certificate and verification settings of amqp.tls (shared by the services and `virtbus tail`).
+ */
+export function socketOptions(
+  url: string,
+  tls: AmqpTlsOptions,
+  connectionName: string,
+): Record<string, unknown> {
   const base: Record<string, unknown> = {
-    clientProperties: { connection_name: options.connectionName, product: 'virtbus' },
+    clientProperties: { connection_name: connectionName, product: 'virtbus' },
     timeout: 10000,
   };
-  if (!url.startsWith('amqps:')) return base;
-  const { tls } = options;
+  if (!isTlsUrl(url)) return base;
   return {
     ...base,
     ...(tls.caFile ? { ca: [readFileSync(tls.caFile)] } : {}),
@@ -63,6 +79,15 @@ function socketOptions(url: string, options: AmqpConnectionOptions): Record<stri
     rejectUnauthorized: tls.verify,
     servername: new URL(url).hostname,
   };
+}
+
+/** Said once at start: without verification anyone on the path can pose as the broker. */
+export function warnIfUnverified(url: string, tls: AmqpTlsOptions, logger: Logger): void {
+  if (tls.verify) return;
+  logger.warn(
+    { tlsInUse: splitUrls(url).some(isTlsUrl) },
+    'amqp.tls.verify is false: the broker certificate and host name are NOT verified; anyone on the network path can pose as the broker (experiments only)',
+  );
 }
 
 /** amqplib takes the heartbeat from the URL query; an explicit one in the URL wins. */
@@ -126,6 +151,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
 
   /** Starts the connect/reconnect loop in the background; 'up' fires on each successful connect. */
   start(): void {
+    if (!this.#loop) warnIfUnverified(this.#options.url, this.#options.tls, this.#options.logger);
     this.#loop ??= this.#run();
   }
 
@@ -173,7 +199,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
       try {
         model = await connect(
           withHeartbeat(url, this.#options.heartbeatSeconds),
-          socketOptions(url, this.#options),
+          socketOptions(url, this.#options.tls, this.#options.connectionName),
         );
       } catch (error) {
         const delay = this.#backoff.next();

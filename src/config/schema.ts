@@ -437,9 +437,9 @@ export const schema = {
       env: 'VIRTBUS_CONSUMER_HOSTS',
     },
     prefetch: {
-      doc: 'Unacknowledged messages the broker may deliver to this consumer at once (applied in batches; a deep window hides the broker round trips). At most 1000: each may hold up to consumer.maxMessageBytes in memory.',
+      doc: 'Unacknowledged messages the broker may deliver to this consumer at once (applied in batches; a deep window hides the broker round trips). At most 1000: the consumer may hold prefetch × consumer.maxMessageBytes in memory.',
       format: 'prefetch',
-      default: 500,
+      default: 1000,
       env: 'VIRTBUS_CONSUMER_PREFETCH',
     },
     deliveryLimit: {
