@@ -238,7 +238,7 @@ export class Publisher {
         persistent: true,
         mandatory: true,
         // The broker checks user_id equals this connection's user: consumers verify the sender by it.
-        userId: this.#options.connection.user,
+        ...(this.#options.connection.user ? { userId: this.#options.connection.user } : {}),
         contentType: 'application/json',
         contentEncoding: 'utf-8',
         messageId: record.messageId,
