@@ -432,6 +432,7 @@ describe('live migration between two real qemu hosts: the row follows the guest'
       B,
       since,
       finished,
+      'silent',
     );
 
     // Destination side down: only the source speaks; A's start snapshot lists the guest running.
