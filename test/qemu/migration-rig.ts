@@ -121,6 +121,8 @@ export async function startBridge(
     VIRTBUS_STOP_DELAY_MS: String(settings.stopDelayMs),
     VIRTBUS_RESYNC_INTERVAL: String(settings.resyncSeconds),
     VIRTBUS_GRACEFUL_SHUTDOWN_TIMEOUT_MS: '5000',
+    // A held proxy also holds the bridge's heartbeats: keep the broker from closing it meanwhile.
+    VIRTBUS_AMQP_HEARTBEAT: '120',
     VIRTBUS_LOG_LEVEL: 'info',
   });
   host.bridge = bridge;
