@@ -241,27 +241,62 @@ export class BusObserver {
     );
   }
 
-  /** One line per lifecycle message: the sequence a migration produced, for the report and the docs. */
+  /**
+   * The story of one guest since `since`, in arrival order, one line each: its lifecycle messages from
+   * both hosts (a periodic snapshot repeating the same host's previous one left out), each host's
+   * snapshot ends where they start or stop listing the guest, and the consumer's instance.update
+   * notifications — what the hosts said and what the consumer made of it, for the report and docs.
+   */
   describe(uuid: string, since: number): string[] {
-    // A periodic snapshot repeating what the same host's previous one said is left out.
+    const lines: Array<{ at: number; text: string }> = [];
+    const stamp = (at: number): string => `+${String(at - since).padStart(6)} ms  `;
     const lastSync = new Map<string, string>();
-    const told = this.lifecycleFor(uuid, since).filter(({ body }) => {
-      if (body.transition !== 'sync') return true;
-      const state = `${body.libvirt?.detail ?? '-'} ${String(body.power_state)}`;
-      const repeated = body.snapshot?.reason === 'periodic' && lastSync.get(body.host) === state;
-      lastSync.set(body.host, state);
-      return !repeated;
-    });
-    return told.map(({ at, body }) => {
+    const listed = new Map<string, boolean>();
+    for (const { at, body } of this.lifecycle) {
+      if (at < since) continue;
+      if (body.transition === 'sync_end') {
+        const lists = body.instance_uuids?.includes(uuid) ?? false;
+        const before = listed.get(body.host);
+        listed.set(body.host, lists);
+        if (before !== undefined && before !== lists)
+          lines.push({
+            at,
+            text: `${stamp(at)}${body.host.padEnd(18)} sync_end            ${lists ? 'lists the guest again' : 'no longer lists the guest'} (${body.snapshot?.reason ?? '?'} snapshot)`,
+          });
+        continue;
+      }
+      if (body.instance_uuid !== uuid) continue;
+      if (body.transition === 'sync') {
+        const state = `${body.libvirt?.detail ?? '-'} ${String(body.power_state)}`;
+        const repeated = body.snapshot?.reason === 'periodic' && lastSync.get(body.host) === state;
+        lastSync.set(body.host, state);
+        if (repeated) continue;
+      }
       const libvirt = body.libvirt ? `${body.libvirt.event}/${body.libvirt.detail}` : '-';
-      const snapshot = body.snapshot ? ` (${body.snapshot.reason} snapshot)` : '';
-      return (
-        `+${String(at - since).padStart(6)} ms  ${body.host.padEnd(18)} ${body.transition.padEnd(19)} ` +
-        `${libvirt.padEnd(22)} power_state ${String(body.power_state)}` +
-        (body.delayed_ms > 0 ? ` delayed ${body.delayed_ms} ms` : '') +
-        snapshot
-      );
-    });
+      lines.push({
+        at,
+        text:
+          `${stamp(at)}${body.host.padEnd(18)} ${body.transition.padEnd(19)} ${libvirt.padEnd(22)} ` +
+          `power_state ${String(body.power_state)}` +
+          (body.delayed_ms > 0 ? ` delayed ${body.delayed_ms} ms` : '') +
+          (body.snapshot ? ` (${body.snapshot.reason} snapshot)` : ''),
+      });
+    }
+    for (const { at, body } of this.notificationsFor(uuid, since)) {
+      const data = body.payload['nova_object.data'];
+      lines.push({
+        at,
+        text:
+          `${stamp(at)}consumer → instance.update host ${String(data.host)}, power_state ` +
+          `${String(data.power_state)}, vm_state ${String(data.state)}, task_state ${String(data.task_state)}`,
+      });
+    }
+    for (const { at, body } of this.commandsFor(uuid).filter((seen) => seen.at >= since))
+      lines.push({
+        at,
+        text: `${stamp(at)}consumer → ${body.action} command to ${body.host} (${body.reason})`,
+      });
+    return lines.sort((a, b) => a.at - b.at).map((line) => line.text);
   }
 }
 
