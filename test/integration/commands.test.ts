@@ -64,6 +64,7 @@ describe('bridge stop commands: senders, replays, horizon, re-subscription', () 
   let bridge: ServiceProcess;
   let model: ChannelModel;
   let channel: ConfirmChannel;
+  let resultQueue: string;
   const results: Received[] = [];
   const outbox = mkdtempSync(join(tmpdir(), 'virtbus-commands-'));
   const env = (): NodeJS.ProcessEnv => ({
@@ -125,6 +126,7 @@ describe('bridge stop commands: senders, replays, horizon, re-subscription', () 
     model = await connect(broker.url);
     channel = await model.createConfirmChannel();
     const { queue } = await channel.assertQueue('', { exclusive: true });
+    resultQueue = queue;
     await channel.bindQueue(queue, 'virtbus.commands', commandResultRoutingKey(HOST));
     await channel.consume(
       queue,
@@ -197,6 +199,28 @@ describe('bridge stop commands: senders, replays, horizon, re-subscription', () 
     assert.equal(result.power_state, null);
     assert.match(result.error ?? '', /maxExpiryMs/);
     assert.equal(await state(domain), RUNNING);
+  });
+
+  it('a result the broker returns (mandatory, no queue bound) is not lost: the command is answered once a queue is bound', async () => {
+    await channel.unbindQueue(resultQueue, 'virtbus.commands', commandResultRoutingKey(HOST));
+    const domain = await runningDomain('cmd-unroutable');
+    await send(uuid(25), domain);
+    await until('the returned result noticed', () =>
+      bridge.logs.some(
+        (l) =>
+          l.msg === 'could not publish a command result; the command will be redelivered' &&
+          errorMessage(l).includes('returned the result'),
+      ),
+    );
+    assert.ok(
+      (metricValue(await scrape(await bridge.metricsUrl()), 'virtbus_publish_failures_total', {
+        reason: 'result_unroutable',
+      }) ?? 0) >= 1,
+    );
+    assert.equal(await state(domain), 5, 'the command itself ran');
+    await channel.bindQueue(resultQueue, 'virtbus.commands', commandResultRoutingKey(HOST));
+    const { result } = await resultOf(uuid(25));
+    assert.equal(result.outcome, 'stopped', 'the stored result, not a second run (already_stopped)');
   });
 
   it('subscribes again after the broker cancels the command consumer', async () => {
