@@ -64,6 +64,9 @@ export interface ConsumerSettings extends ConsumerTopologySettings {
     /** nova or observe (validated by the configuration schema). */
     readonly mode: string;
     readonly stopTimeoutMs: number;
+    /** Rows follow live migrations both hosts agree on (docs/consumer.md). */
+    readonly followMigrations: boolean;
+    readonly migrationWindowMs: number;
     readonly queueDepthIntervalMs: number;
     readonly maxFutureSkewMs: number;
     readonly shutdownTimeoutMs: number;
@@ -156,6 +159,8 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       store: this.#store,
       mode: (this.#settings.consumer.mode === 'observe' ? 'observe' : 'nova') satisfies ConsumerMode,
       stopTimeoutMs: this.#settings.consumer.stopTimeoutMs,
+      followMigrations: this.#settings.consumer.followMigrations,
+      migrationWindowMs: this.#settings.consumer.migrationWindowMs,
       notifier,
       sendCommand: (command, ttlMs) => this.#sendCommand(command, ttlMs),
       metrics: this.#metrics,
