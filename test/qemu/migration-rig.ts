@@ -244,7 +244,7 @@ export class BusObserver {
   /**
    * The story of one guest since `since`, in arrival order, one line each: its lifecycle messages from
    * both hosts (a periodic snapshot repeating the same host's previous one left out), each host's
-   * snapshot ends where they start or stop listing the guest, and the consumer's instance.update
+   * snapshot ends where they start or stop listing the guest (and every non-periodic one), and the consumer's instance.update
    * notifications — what the hosts said and what the consumer made of it, for the report and docs.
    */
   describe(uuid: string, since: number): string[] {
@@ -258,10 +258,11 @@ export class BusObserver {
         const lists = body.instance_uuids?.includes(uuid) ?? false;
         const before = listed.get(body.host);
         listed.set(body.host, lists);
-        if (before !== undefined && before !== lists)
+        // A change of mind, or a snapshot after a (re)start (the host's first word after a gap).
+        if ((before !== undefined && before !== lists) || body.snapshot?.reason !== 'periodic')
           lines.push({
             at,
-            text: `${stamp(at)}${body.host.padEnd(18)} sync_end            ${lists ? 'lists the guest again' : 'no longer lists the guest'} (${body.snapshot?.reason ?? '?'} snapshot)`,
+            text: `${stamp(at)}${body.host.padEnd(18)} sync_end            ${lists ? 'lists the guest' : 'does not list the guest'} (${body.snapshot?.reason ?? '?'} snapshot)`,
           });
         continue;
       }
