@@ -98,16 +98,20 @@ function withHeartbeat(url: string, seconds: number): string {
 }
 
 /**
- * The broker user a connection to this URL authenticates as: the URL's user name, or guest (the
- * client's default) when it names none. What a publisher sets as user_id: RabbitMQ refuses any other.
+ * The broker user a connection to this URL authenticates as: the configured name (amqp.user), else
+ * the URL's user name, else guest (the client's default) — or '' when the URL names nobody and a
+ * client certificate is configured (the login may be by certificate, whose name is not known here:
+ * better no user_id than one the broker refuses, which would close the publishing channel).
+ * What a publisher sets as user_id: RabbitMQ refuses any other.
  */
-export function brokerUser(url: string, configured = ''): string {
+export function brokerUser(url: string, configured = '', clientCertificate = false): string {
   if (configured) return configured;
   try {
-    const user = new URL(url).username;
-    return user ? decodeURIComponent(user) : 'guest';
+    const parsed = new URL(url);
+    if (parsed.username) return decodeURIComponent(parsed.username);
+    return clientCertificate && parsed.password === '' ? '' : 'guest';
   } catch {
-    return 'guest';
+    return '';
   }
 }
 
@@ -128,7 +132,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
     super();
     this.#options = options;
     this.#urls = splitUrls(options.url);
-    this.#user = brokerUser(this.#urls[0] ?? '', options.user);
+    this.#user = brokerUser(this.#urls[0] ?? '', options.user, options.tls.certFile !== '');
     this.#backoff = new Backoff(options.reconnectInitialDelayMs, options.reconnectMaxDelayMs);
   }
 
@@ -136,7 +140,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
     return this.#model;
   }
 
-  /** The broker user of the current connection (set it as user_id on what is published on it). */
+  /** The broker user of the current connection (user_id of what is published on it; '' = unknown). */
   get user(): string {
     return this.#user;
   }
@@ -230,7 +234,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
         this.emit('unblocked');
       });
       this.#backoff.reset();
-      this.#user = brokerUser(url, this.#options.user);
+      this.#user = brokerUser(url, this.#options.user, this.#options.tls.certFile !== '');
       this.#model = model;
       logger.info({ broker: redactValue(url) }, 'connected to the broker');
       this.emit('up', model);

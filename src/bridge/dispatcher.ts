@@ -80,21 +80,26 @@ export class Dispatcher {
 
   constructor(options: DispatcherOptions) {
     this.#options = options;
-    this.#delayed = new DelayedStops<Ready>(options.stopDelayMs, (held, heldMs, followers) => {
-      options.metrics.delayedStops.inc({ outcome: 'published' });
-      // Anything dispatched after this point is accepted behind the released stop (#pending keeps
-      // dispatch order), so a STARTED right behind a released STOPPED cannot overtake it. Stops
-      // released in the same turn (a host shutting many guests down) go out as one batch: one state
-      // query and one journal commit instead of one each.
-      this.#pending.push({ ...held, delayedMs: heldMs }, ...followers);
-      if (!this.#releaseFlushScheduled) {
-        this.#releaseFlushScheduled = true;
-        setImmediate(() => {
-          this.#releaseFlushScheduled = false;
-          void this.#enqueuePending();
-        });
-      }
-    }, options.timers, options.now);
+    this.#delayed = new DelayedStops<Ready>(
+      options.stopDelayMs,
+      (held, heldMs, followers) => {
+        options.metrics.delayedStops.inc({ outcome: 'published' });
+        // Anything dispatched after this point is accepted behind the released stop (#pending keeps
+        // dispatch order), so a STARTED right behind a released STOPPED cannot overtake it. Stops
+        // released in the same turn (a host shutting many guests down) go out as one batch: one state
+        // query and one journal commit instead of one each.
+        this.#pending.push({ ...held, delayedMs: heldMs }, ...followers);
+        if (!this.#releaseFlushScheduled) {
+          this.#releaseFlushScheduled = true;
+          setImmediate(() => {
+            this.#releaseFlushScheduled = false;
+            void this.#enqueuePending();
+          });
+        }
+      },
+      options.timers,
+      options.now,
+    );
   }
 
   get delayedStopsPending(): number {

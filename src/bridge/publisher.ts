@@ -10,7 +10,7 @@
  */
 import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
 import type { AmqpConnection } from '../amqp/connection';
-import { prepareTopology, type Topology } from '../amqp/topology';
+import { MissingTopologyError, prepareTopology, type Topology } from '../amqp/topology';
 import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
 import { APP_ID } from '../messages/lifecycle';
@@ -106,6 +106,15 @@ export class Publisher {
       // close the newer, healthy connection (whose own 'up' opens the channel).
       if (this.#options.connection.model !== model) {
         logger.info({ err: error }, 'publishing channel setup failed on a connection that is gone; ignored');
+        return;
+      }
+      if (error instanceof MissingTopologyError) {
+        // The connection is fine; what is missing is the operator's to create: check again later.
+        logger.error(
+          { err: error },
+          'the lifecycle topology is missing; nothing is published until it exists',
+        );
+        this.#scheduleReopen(2000);
         return;
       }
       logger.error(
@@ -229,7 +238,7 @@ export class Publisher {
         persistent: true,
         mandatory: true,
         // The broker checks user_id equals this connection's user: consumers verify the sender by it.
-        userId: this.#options.connection.user,
+        ...(this.#options.connection.user ? { userId: this.#options.connection.user } : {}),
         contentType: 'application/json',
         contentEncoding: 'utf-8',
         messageId: record.messageId,

@@ -104,6 +104,23 @@ export class MigrationFollower {
     // Its host runs the guest again (a failed migration resumes it, or it was started anew).
     if (evidence && (event.transition === 'started' || event.transition === 'resumed'))
       return { row: { ...base, migration: null } };
+    // Its host said the guest is migrating away: as Nova skips an instance whose task_state is
+    // 'migrating', what that host reports meanwhile (a snapshot listing the persistent domain shut
+    // off) is not written — the destination's word, not the source's leftovers, comes next.
+    if (evidence?.source_state != null) {
+      const { logger } = this.#context;
+      return {
+        outcome: 'migrating',
+        ...(base === row ? {} : { next: base }),
+        effects: () => {
+          logger.info(
+            { uuid: row.uuid, host: row.host, transition: event.transition, power_state: event.powerState },
+            'During sync_power_state the instance is migrating away from its host. Skip.',
+          );
+          return undefined;
+        },
+      };
+    }
     return { row: base };
   }
 

@@ -107,7 +107,8 @@ describe('bridge channels under faults', () => {
       host: HOST,
       exchange: EXCHANGE,
       enabled: true,
-      gracefulTimeoutMs: 1500,
+      // Long enough that rabbitmqctl (slow on a loaded machine) drops the connection while c-1 waits.
+      gracefulTimeoutMs: 8000,
       destroyOnTimeout: true,
       // The test broker's only user: the commands below are published as guest, as user_id says.
       trustedUser: 'guest',

@@ -31,14 +31,21 @@ function precopy(uuid: string, a: Bridge, b: Bridge): LifecycleEventIn[] {
     a.event(uuid, 'paused', 3, SUSPENDED_MIGRATED),
     b.event(uuid, 'started', 3, STARTED_MIGRATED),
     b.event(uuid, 'resumed', 1, RESUMED_MIGRATED),
+    // A snapshot while the bridge holds the STOPPED lists the persistent domain shut off.
+    a.event(uuid, 'sync', 4),
     a.event(uuid, 'stopped', 4, STOPPED_MIGRATED),
   ];
 }
 
 describe('handler: live migration', () => {
-  it('every delivery order of a pre-copy migration moves the row once and commands nothing', async () => {
-    const orders = permutations([0, 1, 2, 3]);
-    assert.equal(orders.length, 24);
+  it("every interleaving of the two hosts' messages in a pre-copy migration moves the row once and commands nothing", async () => {
+    // One host's messages reach the consumer in its order (one queue, FIFO; a redelivered one is
+    // older and ignored); the two hosts' streams interleave in every way, the destination's even
+    // out of its own order.
+    const orders = permutations([0, 1, 2, 3, 4]).filter(
+      (order) => order.filter((index) => index === 0 || index === 3 || index === 4).join() === '0,3,4',
+    );
+    assert.equal(orders.length, 20);
     for (const order of orders) {
       const r = rig();
       const uuid = r.instance('cmp-a');
@@ -52,8 +59,8 @@ describe('handler: live migration', () => {
       assert.equal(row.task_state, null, label);
       assert.equal(row.migration, null, label);
       assert.deepEqual(r.commands, [], label);
-      assert.deepEqual(r.updates, [{ uuid, host: 'cmp-b', power_state: 'running' }], label);
       assert.equal(await r.actions('migration_followed'), 1, label);
+      assert.deepEqual(r.updates, [{ uuid, host: 'cmp-b', power_state: 'running' }], label);
     }
   });
 
@@ -229,7 +236,7 @@ describe('handler: live migration', () => {
   it('followMigrations false: rows never change host (the destination is skipped_host)', async () => {
     const r = rig({ followMigrations: false });
     const uuid = r.instance('cmp-a');
-    for (const event of precopy(uuid, new Bridge('cmp-a'), new Bridge('cmp-b')).slice(0, 3))
+    for (const event of precopy(uuid, new Bridge('cmp-a'), new Bridge('cmp-b')).slice(0, 4))
       await r.handler.handleLifecycle(event);
     assert.equal(r.store.row(uuid).host, 'cmp-a');
     assert.equal(r.store.row(uuid).migration, null);

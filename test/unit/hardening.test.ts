@@ -160,11 +160,14 @@ describe('broker connections', () => {
     verify,
   });
 
-  it('the broker user is the URL user (decoded), guest when none, the configured one when set', () => {
+  it('the broker user is the configured one, else the URL user (decoded), else guest (none with a client certificate)', () => {
     assert.equal(brokerUser('amqp://virtbus-consumer:pw@broker/v'), 'virtbus-consumer');
     assert.equal(brokerUser('amqp://bridge%40cmp:pw@broker/v'), 'bridge@cmp');
     assert.equal(brokerUser('amqp://broker:5672'), 'guest');
     assert.equal(brokerUser('amqps://broker:5671', 'cmp-01'), 'cmp-01');
+    // Certificate login without a configured name: no user_id rather than one the broker refuses.
+    assert.equal(brokerUser('amqps://broker:5671', '', true), '');
+    assert.equal(brokerUser('amqps://cmp-01:pw@broker:5671', '', true), 'cmp-01');
   });
 
   it('AMQPS:// in upper case is TLS and keeps the CA settings', () => {
