@@ -8,7 +8,7 @@
 # Usage: scripts/build-guest.sh [cache-root]      (env VIRTBUS_GUEST_CACHE overrides the root too)
 set -euo pipefail
 
-GUEST_VERSION=v1
+GUEST_VERSION=v2
 root=${1:-${VIRTBUS_GUEST_CACHE:-/var/cache/virtbus/guest}}
 out=$root/$GUEST_VERSION
 if [[ -f $out/vmlinuz && -f $out/initrd.img ]]; then
@@ -80,7 +80,7 @@ power_button() {
     for ev in /sys/class/input/event*; do
       [ -e "$ev/device/name" ] || continue
       if grep -q "Power Button" "$ev/device/name"; then
-        head -c 1 "/dev/$(basename "$ev" | sed 's/^/input\//')" >/dev/null
+        head -c 1 "/dev/input/$(basename "$ev")" >/dev/null
         echo "VIRTBUS-ACPI power button"
         poweroff -f
       fi
@@ -89,6 +89,7 @@ power_button() {
   done
 }
 power_button &
+power_button_pid=$!
 
 orders() {
   [ -e /dev/ttyS1 ] || return 0
@@ -103,6 +104,8 @@ orders() {
       poweroff) poweroff -f ;;
       panic) echo c >/proc/sysrq-trigger ;;
       suspend) echo mem >/sys/power/state; echo "VIRTBUS-WOKE $nonce" ;;
+      # A guest that ignores ACPI (virsh shutdown does nothing), as a hung or unwilling OS would.
+      ignore-acpi) kill "$power_button_pid" 2>/dev/null ;;
     esac
   done
 }

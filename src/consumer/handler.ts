@@ -26,7 +26,9 @@ import type { InstanceRow, InstanceStore } from '../store/types';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros, parseIsoMicros } from '../util/time';
 import type { ConsumerMetrics, MessageOutcome, SyncAction } from './metrics';
+import { MigrationFollower } from './follow';
 import { expectedPowerState, stopPrecondition, stopRefusal, syncBranch } from './nova';
+import { isNotNewer } from './position';
 import {
   ShutdownAbort,
   asError,
@@ -42,6 +44,7 @@ import { expiryTask, resultTask, type StopContext } from './stop-results';
 import type { CommandResultIn, LifecycleEventIn } from './validate';
 
 export { ShutdownAbort, type StoreRunner } from './rounds';
+export { isNotNewer } from './position';
 
 export type ConsumerMode = 'nova' | 'observe';
 
@@ -57,7 +60,13 @@ export interface HandlerOptions {
   readonly logger: Logger;
   /** Clock in epoch microseconds (tests). */
   readonly now?: () => number;
+  /** consumer.followMigrations (default true): rows follow live migrations both hosts agree on. */
+  readonly followMigrations?: boolean;
+  /** consumer.migrationWindowMs (default 600000): how long one host's word waits for the other's. */
+  readonly migrationWindowMs?: number;
 }
+
+const DEFAULT_MIGRATION_WINDOW_MS = 600_000;
 
 /** A message for the handler: a validated lifecycle event or stop-command result. */
 export type WorkItem =
@@ -76,27 +85,26 @@ export type ItemResult =
 /** sync_end candidates and expired commands per store round. */
 const ROUND_ROWS = 500;
 
-/**
- * True when the row already reflects this message or a newer one (occurred_at, then boot_id/seq).
- * The position is set by applied lifecycle messages (their occurred_at, boot_id, seq) and by
- * successful stop results (the bridge's finished_at, with no boot_id/seq: a result has none).
- */
-export function isNotNewer(event: LifecycleEventIn, row: InstanceRow): boolean {
-  if (row.event_at_us === null) return false;
-  if (event.occurredUs !== row.event_at_us) return event.occurredUs < row.event_at_us;
-  // The same microsecond: within one bridge process seq orders; across processes (or against a
-  // stop result's position, which has no boot_id) treat as new.
-  return event.bootId === row.event_boot_id && event.seq <= (row.event_seq ?? -1);
-}
-
 export class LifecycleHandler {
   readonly #options: HandlerOptions;
   readonly #now: () => number;
   readonly #stopContext: StopContext;
+  /** Live-migration following; undefined when consumer.followMigrations is off. */
+  readonly #follow: MigrationFollower | undefined;
 
   constructor(options: HandlerOptions) {
     this.#options = options;
     this.#now = options.now ?? nowMicros;
+    this.#follow =
+      (options.followMigrations ?? true)
+        ? new MigrationFollower({
+            logger: options.logger,
+            metrics: options.metrics,
+            notifier: options.notifier,
+            now: this.#now,
+            windowMs: options.migrationWindowMs ?? DEFAULT_MIGRATION_WINDOW_MS,
+          })
+        : undefined;
     this.#stopContext = {
       logger: options.logger,
       metrics: options.metrics,
@@ -208,6 +216,24 @@ export class LifecycleHandler {
           return undefined;
         },
       };
+    let current = row;
+    if (this.#follow) {
+      const step = this.#follow.step(event, row);
+      if ('outcome' in step) return step;
+      current = step.row;
+    }
+    return this.#novaSync(event, current, uuid, vmPowerState, periodic);
+  }
+
+  /** handle_lifecycle_event / the periodic sync from the ordering check on (Nova's own steps). */
+  #novaSync(
+    event: LifecycleEventIn,
+    row: InstanceRow,
+    uuid: string,
+    vmPowerState: number | null,
+    periodic: boolean,
+  ): Decision {
+    const { logger } = this.#options;
     if (isNotNewer(event, row)) return { outcome: 'out_of_order' };
     if (vmPowerState === null || (!periodic && event.powerState !== vmPowerState))
       // Staleness guard (bug #1468431): a later event describes the current state.
@@ -281,13 +307,20 @@ export class LifecycleHandler {
             !row ||
             row.host !== event.host ||
             row.vm_state === 'deleted' ||
-            row.task_state !== null ||
             parseIsoMicros(row.updated_at) > takenUs ||
             (row.event_at_us !== null && row.event_at_us > takenUs) ||
             isNotNewer(event, row)
           )
             return { outcome: 'sync_end' };
-          const decision = this.#applySync(row, event, PowerState.NOSTATE, 'sync_end');
+          let current = row;
+          if (this.#follow) {
+            // The host's snapshot without the guest is its word that the guest left.
+            const step = this.#follow.sourceLeft(row);
+            if ('outcome' in step) return step;
+            current = step.row;
+          }
+          if (current.task_state !== null) return { outcome: 'sync_end', next: current };
+          const decision = this.#applySync(current, event, PowerState.NOSTATE, 'sync_end');
           return {
             ...decision,
             effects: () => {
@@ -331,11 +364,18 @@ export class LifecycleHandler {
     let next = afterPower;
     let command: StopCommand | undefined;
     let refusal: string | null = null;
+    let withheld = false;
     if (branch.action === 'stop' || branch.action === 'force_stop') {
       const action: CommandAction = branch.action;
       refusal = action === 'stop' ? stopRefusal(afterPower) : null;
       if (refusal) {
         actions.push('stop_not_allowed');
+      } else if (row.migration !== null) {
+        // A live migration is in evidence: Nova does not act on an instance whose task_state is
+        // 'migrating'; the power state is recorded, the stop withheld.
+        withheld = true;
+        next = { ...afterPower, last_action: `withheld_${action}`, last_action_at: nowIso };
+        actions.push('migration_stop_withheld');
       } else if (mode === 'nova') {
         const ttlMs = Math.max(1, Math.floor(stopTimeoutMs / 2));
         const precondition = stopPrecondition(branch.branch);
@@ -354,6 +394,7 @@ export class LifecycleHandler {
           ...afterPower,
           task_state: 'powering-off',
           pending_command_id: command.command_id,
+          pending_command_host: command.host,
           pending_action: action,
           command_deadline_ms: Math.floor(now / 1000) + stopTimeoutMs,
           last_action: action,
@@ -381,10 +422,15 @@ export class LifecycleHandler {
         branch: branch.branch,
         transition: event.transition,
       });
-      if (refusal || command || branch.message) {
+      if (refusal || withheld || command || branch.message) {
         const context = logContext();
         if (refusal)
           logger.warn({ ...context, reason: refusal }, `${branch.message} The stop API refused: ${refusal}`);
+        else if (withheld)
+          logger.warn(
+            { ...context, migration: row.migration },
+            `${branch.message} Withheld: a live migration of this instance is in evidence.`,
+          );
         else if (command)
           logger.warn({ ...context, command: command.command_id, action: command.action }, branch.message);
         else if (branch.action === 'stop' || branch.action === 'force_stop')

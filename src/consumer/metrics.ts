@@ -25,6 +25,10 @@ export type MessageOutcome =
   | 'sync_end'
   /** a stop-command result, applied */
   | 'command_result'
+  /** one host's word about a live migration recorded; the row waits for the other host's */
+  | 'migrating'
+  /** both hosts agreed on a live migration: the row moved to the destination */
+  | 'migrated'
   /** a stop-command result for a command no longer pending (timed out, superseded) */
   | 'late_result'
   /** published to the dead-letter exchange with its reason */
@@ -44,6 +48,9 @@ export type SyncAction =
   | 'vanished'
   | 'stop_completed'
   | 'stop_failed'
+  | 'stop_not_found'
+  | 'migration_followed'
+  | 'migration_stop_withheld'
   | 'stop_timeout'
   | 'command_publish_failed';
 

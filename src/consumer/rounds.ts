@@ -35,6 +35,8 @@ export interface Decision {
   readonly next?: InstanceRow;
   /** After the commit: logs, metrics, notifications, the command; a promise while publishing. */
   readonly effects?: () => Promise<void> | undefined;
+  /** The message is refused (the caller dead-letters it with this reason); it changes nothing. */
+  readonly reject?: Error;
 }
 
 /** One decision to take on one row, within a store round. */
@@ -142,7 +144,9 @@ export async function runRounds(
         continue;
       }
       const decision = decisions.get(index) as Decision;
-      results[index] = { ok: true, decision, published: decision.effects?.() };
+      results[index] = decision.reject
+        ? { ok: false, error: decision.reject }
+        : { ok: true, decision, published: decision.effects?.() };
     }
     if (lost.size > 0) metrics.casRetries.inc(lost.size);
     pending = retry;

@@ -27,8 +27,11 @@ const SUCCESS_OUTCOMES = new Set(['stopped', 'already_stopped']);
 /**
  * A stop command's outcome from the bridge (Nova's stop_instance on the compute host): stopped or
  * already_stopped → vm_state stopped, task cleared, power_state from the bridge's live reading,
- * and the bridge's finished_at becomes the row's event position (when newer); otherwise the task
- * is cleared and the reason recorded (Nova's reverts_task_state).
+ * and the bridge's finished_at becomes the row's event position (when newer); otherwise (failed,
+ * refused, expired, skipped, not_found) only the task is cleared and the reason recorded (Nova's
+ * reverts_task_state): vm_state and power_state stay, whatever power_state the result carries.
+ * not_found — the commanded host has no such domain — never marks the instance stopped: the guest
+ * may run elsewhere. A result from another host than the one commanded is refused (dead-lettered).
  */
 export function resultTask(context: StopContext, result: CommandResultIn): Task {
   const { logger, metrics } = context;
@@ -53,6 +56,15 @@ export function resultTask(context: StopContext, result: CommandResultIn): Task 
             return undefined;
           },
         };
+      // Only the host the command was sent to answers it (the row's host may have moved since).
+      const commanded = row.pending_command_host ?? row.host;
+      if (result.host !== commanded)
+        return {
+          outcome: 'late_result',
+          reject: new Error(
+            `result host ${result.host} is not the host command ${result.commandId} was sent to (${commanded ?? 'none'})`,
+          ),
+        };
       const nowIso = isoMicros(context.now());
       const success = SUCCESS_OUTCOMES.has(result.outcome);
       // A successful stop is a point in the domain's history: lifecycle events sampled before it
@@ -66,8 +78,11 @@ export function resultTask(context: StopContext, result: CommandResultIn): Task 
         ...(advance ? { event_at_us: result.finishedUs, event_boot_id: null, event_seq: null } : {}),
         vm_state: success ? 'stopped' : row.vm_state,
         task_state: null,
-        power_state: result.powerState ?? row.power_state,
+        // Only a stop that succeeded reports the guest's state; any other outcome says nothing
+        // about it (it may not have read libvirt at all): Nova's reverts_task_state clears the task.
+        power_state: success && result.powerState !== null ? result.powerState : row.power_state,
         pending_command_id: null,
+        pending_command_host: null,
         pending_action: null,
         command_deadline_ms: null,
         last_action: `${result.action}_${success ? 'completed' : result.outcome}`,
@@ -79,7 +94,13 @@ export function resultTask(context: StopContext, result: CommandResultIn): Task 
         outcome: 'command_result',
         next,
         effects: () => {
-          metrics.syncActions.inc({ action: success ? 'stop_completed' : 'stop_failed' });
+          metrics.syncActions.inc({
+            action: success
+              ? 'stop_completed'
+              : result.outcome === 'not_found'
+                ? 'stop_not_found'
+                : 'stop_failed',
+          });
           const logContext = {
             uuid: row.uuid,
             command: result.commandId,
@@ -89,6 +110,11 @@ export function resultTask(context: StopContext, result: CommandResultIn): Task 
             power_state: next.power_state,
           };
           if (success) logger.info(logContext, 'stop command completed; instance stopped');
+          else if (result.outcome === 'not_found')
+            logger.warn(
+              { ...logContext, host: result.host, error: result.error },
+              'the commanded host has no such domain (it may run elsewhere); not marked stopped, task cleared',
+            );
           else
             logger.warn(
               { ...logContext, error: result.error },
@@ -116,6 +142,7 @@ export function expiryTask(context: StopContext, candidate: InstanceRow, expired
         ...row,
         task_state: row.task_state === 'powering-off' ? null : row.task_state,
         pending_command_id: null,
+        pending_command_host: null,
         pending_action: null,
         command_deadline_ms: null,
         last_action: `${row.pending_action ?? 'stop'}_timeout`,

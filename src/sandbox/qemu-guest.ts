@@ -19,7 +19,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { waitUntil } from './exec';
 import type { GuestImage } from './qemu-image';
 
-export type GuestOrder = 'reboot' | 'poweroff' | 'panic' | 'suspend';
+/** ignore-acpi: the guest stops reacting to the ACPI power button (`virsh shutdown` then does nothing). */
+export type GuestOrder = 'reboot' | 'poweroff' | 'panic' | 'suspend' | 'ignore-acpi';
 
 export interface QemuGuestOptions {
   readonly name: string;
@@ -38,6 +39,7 @@ export interface QemuGuestOptions {
 export interface QemuGuest {
   readonly name: string;
   readonly uuid: string;
+  /** True once defined (persistent: true, or after makePersistent()). */
   readonly persistent: boolean;
   readonly control: boolean;
   /** The console file (ttyS0). */
@@ -52,6 +54,11 @@ export interface QemuGuest {
    */
   waitBooted(timeoutMs?: number): Promise<void>;
   markBoot(): void;
+  /**
+   * `virsh define` of a guest created transient and now running: it becomes persistent (managedsave
+   * needs that) without ever having existed shut off, which a snapshot would report.
+   */
+  makePersistent(): Promise<void>;
   /** Makes the guest act by itself; resolves once the guest confirmed the order (before it acts). */
   order(order: GuestOrder, timeoutMs?: number): Promise<void>;
   /** `virsh domstate` of this guest on its host, e.g. 'running', 'shut off', 'crashed', 'pmsuspended'. */
@@ -118,7 +125,7 @@ export async function createGuest(
 ): Promise<QemuGuest> {
   const uuid = options.uuid ?? randomUUID();
   const control = options.control ?? true;
-  const persistent = options.persistent ?? true;
+  let persistent = options.persistent ?? true;
   const consolePath = join(host.dir, `${options.name}.console`);
   const controlPath = control ? join(host.dir, `${options.name}.ctl`) : undefined;
   const xml = guestXml({ ...options, uuid, consolePath, controlPath }, image);
@@ -149,13 +156,19 @@ export async function createGuest(
   const guest: QemuGuest = {
     name: options.name,
     uuid,
-    persistent,
+    get persistent() {
+      return persistent;
+    },
     control,
     consolePath,
     xml,
     start: async () => {
       bootMark = readyCount();
       await host.virsh(...(persistent ? ['start', options.name] : ['create', xmlPath]));
+    },
+    makePersistent: async () => {
+      await host.virsh('define', xmlPath);
+      persistent = true;
     },
     markBoot: () => {
       bootMark = readyCount();

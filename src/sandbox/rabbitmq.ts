@@ -27,6 +27,8 @@ export interface RabbitSandboxOptions {
   readonly plugins?: readonly string[];
   /** Node name prefix; a random suffix keeps parallel runs apart. */
   readonly name?: string;
+  /** Extra rabbitmq.conf lines (e.g. the shipped deploy/rabbitmq/rabbitmq.conf settings). */
+  readonly config?: readonly string[];
 }
 
 export interface RabbitSandbox {
@@ -90,6 +92,7 @@ export async function startRabbitMQ(options: RabbitSandboxOptions = {}): Promise
       'ssl_options.fail_if_no_peer_cert = false',
     );
   }
+  conf.push(...(options.config ?? []));
   writeFileSync(join(dir, 'rabbitmq.conf'), conf.join('\n') + '\n');
   writeFileSync(join(dir, 'rabbitmq-env.conf'), '');
   writeFileSync(join(dir, 'enabled_plugins'), `[${(options.plugins ?? []).join(',')}].\n`);

@@ -184,3 +184,33 @@ describe('redelivery and out-of-order delivery', async () => {
     assert.deepEqual(finals, runs.get('in-order'));
   });
 });
+
+describe('a bridge whose wall clock steps back (NTP)', async () => {
+  const broker = await testBroker();
+  const consumer = await startConsumer({ amqpUrl: broker.url, dbUrl: tempSqliteUrl() });
+  const bus = await Bus.open(broker.url, consumer.config);
+  bus.answerCommands(() => 'ignore');
+  const exchange = consumer.config.amqp.exchange;
+
+  it('keeps its later events applied: within one process seq orders, not occurred_at', async () => {
+    const uuid = randomUUID();
+    await consumer.store.upsert([instance({ uuid, host: HOST })]);
+    const events = new EventFactory();
+    const stepUs = events.tick();
+    const paused = events.event(HOST, uuid, 'paused', 3, { occurredUs: stepUs });
+    // The clock stepped back five minutes between the two events; seq still rises.
+    const resumed = events.event(HOST, uuid, 'resumed', 1, { occurredUs: stepUs - 300_000_000 });
+    await bus.publishLifecycle(exchange, [paused, resumed]);
+    assert.equal((await consumer.waitProcessed(paused.event_id)).outcome, 'synced');
+    assert.equal((await consumer.waitProcessed(resumed.event_id)).outcome, 'synced');
+    const row = await consumer.store.get(uuid);
+    assert.equal(row?.power_state, 1);
+    assert.equal(row?.event_seq, resumed.seq);
+    // A restarted bridge (another boot_id) is ordered by its wall clock: older is out of order.
+    const restarted = new EventFactory();
+    const stale = restarted.event(HOST, uuid, 'paused', 3, { occurredUs: stepUs - 600_000_000 });
+    await bus.publishLifecycle(exchange, [stale]);
+    assert.equal((await consumer.waitProcessed(stale.event_id)).outcome, 'out_of_order');
+    await waitUntil('nothing commanded', () => bus.commandsFor(uuid).length === 0, 1000);
+  });
+});

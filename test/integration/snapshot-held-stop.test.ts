@@ -81,7 +81,10 @@ describe('hard reboots overlapping periodic snapshots (bridge process, on the bu
       );
       await driver.start(ref.uuid);
       windows.push({ from, to: Date.now() * 1000 });
-      await bus.waitFor('started again', () => mine().filter((b) => b.transition === 'started').length > round + 1);
+      await bus.waitFor(
+        'started again',
+        () => mine().filter((b) => b.transition === 'started').length > round + 1,
+      );
     }
     // Past the delay of the last destroy: a stop that was not cancelled would be out by now.
     await sleep(STOP_DELAY_MS + 500);

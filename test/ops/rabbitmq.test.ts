@@ -2,9 +2,10 @@
  * deploy/rabbitmq/definitions.json: checked against the topology the code declares (same names, types
  * and arguments, or RabbitMQ answers PRECONDITION_FAILED), then imported with
  * `rabbitmqctl import_definitions` into a private node, where the real `virtbus bridge`,
- * `virtbus consumer` and `virtbus tail` run as the least-privilege users it defines: a destroyed
- * domain goes bridge → consumer → stop command → bridge → result → consumer, and every write outside
- * a user's grant is refused with ACCESS_REFUSED.
+ * `virtbus consumer` and `virtbus tail` run as the least-privilege users it defines (the bridge as
+ * its host's own user, see `virtbus broker definitions`): a destroyed domain goes bridge → consumer →
+ * stop command → bridge → result → consumer, and every write outside a user's grant is refused with
+ * ACCESS_REFUSED. The hostile-host attacks proper are in test/security/.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -38,8 +39,12 @@ import { deployFile, serviceMetricsUrl } from './helpers';
 
 const DEFINITIONS = deployFile('rabbitmq', 'definitions.json');
 const VHOST = 'virtbus';
-const HOST = 'cmp-07.example.org';
+/** One of the example hosts deploy/rabbitmq/definitions.json is generated for. */
+const HOST = 'cmp-01.example.org';
+const OTHER_HOST = 'cmp-02.example.org';
 const SEGMENT = hostSegment(HOST);
+/** The bridge's broker user is its host's routing segment. */
+const BRIDGE_USER = SEGMENT;
 
 interface Definitions {
   vhosts: Array<{ name: string }>;
@@ -124,7 +129,6 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
       assert.deepEqual(declared.arguments, exchange.arguments ?? {}, `${exchange.name}: arguments`);
     }
     for (const queue of code.queues) {
-      if (queue.name === commandQueueName(HOST)) continue; // per host: each bridge declares its own
       const declared = defs.queues.find((q) => q.name === queue.name);
       assert.ok(declared, `definitions declare queue ${queue.name}`);
       assert.equal(declared.vhost, VHOST);
@@ -133,7 +137,6 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
       assert.equal(declared.arguments['x-queue-type'], 'quorum', `${queue.name} is a quorum queue`);
     }
     for (const binding of code.bindings) {
-      if (binding.queue === commandQueueName(HOST)) continue;
       assert.ok(
         defs.bindings.some(
           (b) =>
@@ -180,7 +183,7 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
     );
   });
 
-  it('policies: the unroutable, dead-letter and notification queues are capped, command queues dead-letter and cap deliveries', () => {
+  it('policies: every queue is capped, command queues dead-letter and cap deliveries', () => {
     const defs = definitions();
     const applying = (name: string): string[] =>
       defs.policies.filter((p) => new RegExp(p.pattern).test(name)).map((p) => p.name);
@@ -189,7 +192,8 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
     for (const host of [HOST, 'cmp-01', 'Compute_9.Example.ORG']) {
       assert.deepEqual(applying(commandQueueName(host)), ['virtbus-commands'], commandQueueName(host));
     }
-    assert.deepEqual(applying(defaults.consumer.queue), [], 'the consumer queue keeps its own arguments');
+    assert.deepEqual(applying(defaults.consumer.queue), ['virtbus-consumer'], 'a byte cap, reject-publish');
+    assert.deepEqual(applying(defaults.consumer.resultQueue), ['virtbus-results']);
     assert.deepEqual(applying(notificationQ.name), ['virtbus-notifications']);
     assert.deepEqual(applying('versioned_notifications.error'), [], 'only the queue the consumer declares');
     const capped = defs.policies.find((p) => p.name === 'virtbus-notifications');
@@ -201,10 +205,11 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
     for (const policy of defs.policies) assert.equal(policy['apply-to'], 'queues');
   });
 
-  it('users carry no usable password and no tags (no management, no admin)', () => {
+  it('users (one per example host, the consumer, the observer) carry no usable password and no tags (no management, no admin)', () => {
     const defs = definitions();
     assert.deepEqual(defs.users.map((u) => u.name).sort(), [
-      'virtbus-bridge',
+      hostSegment(HOST),
+      hostSegment(OTHER_HOST),
       'virtbus-consumer',
       'virtbus-observer',
     ]);
@@ -214,43 +219,63 @@ describe('deploy/rabbitmq/definitions.json against the code', () => {
     }
   });
 
-  it('the bridge may configure, write and read exactly what it declares, publishes and consumes; nothing of the consumer', () => {
-    const p = permission('virtbus-bridge');
-    const [configure, write, read] = [p.configure, p.write, p.read].map((r) => new RegExp(r)) as [
-      RegExp,
-      RegExp,
-      RegExp,
-    ];
-    for (const host of [HOST, 'cmp-01']) {
+  it("each host's bridge user configures nothing, reads only its own command queue, writes only its own keys; nothing of the consumer", () => {
+    for (const host of [HOST, OTHER_HOST]) {
+      const user = hostSegment(host);
+      const other = host === HOST ? OTHER_HOST : HOST;
+      const p = permission(user);
+      const [configure, write, read] = [p.configure, p.write, p.read].map((r) => new RegExp(r)) as [
+        RegExp,
+        RegExp,
+        RegExp,
+      ];
+      // It declares passively: the definitions create everything it uses.
       const topology = bridgeTopology(host);
-      for (const name of [...topology.exchanges.map((e) => e.name), ...topology.queues.map((q) => q.name)])
-        assert.match(name, configure, `bridge configures ${name}`);
-      for (const binding of topology.bindings) {
-        assert.match(binding.queue, write, `bridge binds queue ${binding.queue}`);
-        assert.match(binding.exchange, read, `bridge binds from ${binding.exchange}`);
+      for (const name of [...topology.exchanges.map((e) => e.name), ...topology.queues.map((q) => q.name)]) {
+        assert.doesNotMatch(name, configure, `${user} may not configure ${name}`);
+        assert.ok(
+          definitions().exchanges.some((e) => e.name === name) ||
+            definitions().queues.some((q) => q.name === name),
+          `the definitions declare ${name} for the bridge`,
+        );
       }
-      assert.match(commandQueueName(host), read, 'bridge consumes its command queue');
+      assert.match(commandQueueName(host), read, `${user} consumes its command queue`);
+      assert.doesNotMatch(commandQueueName(other), read, `${user} may not read ${commandQueueName(other)}`);
+      for (const exchange of definitions().exchanges)
+        assert.doesNotMatch(exchange.name, read, `${user} reads no exchange, so it can bind nothing`);
+      for (const exchange of [defaults.amqp.exchange, defaults.amqp.commandExchange])
+        assert.match(exchange, write, `${user} publishes to ${exchange}`);
+      const consumerOnly = [
+        defaults.consumer.queue,
+        defaults.consumer.resultQueue,
+        defaults.consumer.deadLetterQueue,
+        defaults.consumer.notifications.exchange,
+        defaults.amqp.unroutableExchange,
+        notificationQ.name,
+      ];
+      for (const name of consumerOnly) {
+        assert.doesNotMatch(name, configure, `${user} may not configure ${name}`);
+        assert.doesNotMatch(name, write, `${user} may not write ${name}`);
+        assert.doesNotMatch(name, read, `${user} may not read ${name}`);
+      }
+      const commands = topicPermission(user, defaults.amqp.commandExchange);
+      assert.ok(commands);
+      assert.match(commandResultRoutingKey(host), commands.write, `${user} publishes its results`);
+      assert.doesNotMatch(
+        commandResultRoutingKey(other),
+        commands.write,
+        `${user} cannot forge ${other}'s results`,
+      );
+      assert.doesNotMatch(commandRoutingKey(host), commands.write, `${user} cannot forge stop commands`);
+      const lifecycle = topicPermission(user, defaults.amqp.exchange);
+      assert.ok(lifecycle);
+      assert.match(`${hostSegment(host)}.stopped`, lifecycle.write);
+      assert.doesNotMatch(
+        `${hostSegment(other)}.stopped`,
+        lifecycle.write,
+        `${user} cannot publish as ${other}`,
+      );
     }
-    for (const exchange of [defaults.amqp.exchange, defaults.amqp.commandExchange])
-      assert.match(exchange, write, `bridge publishes to ${exchange}`);
-    const consumerOnly = [
-      defaults.consumer.queue,
-      defaults.consumer.resultQueue,
-      defaults.consumer.deadLetterQueue,
-      defaults.consumer.notifications.exchange,
-      notificationQ.name,
-    ];
-    for (const name of consumerOnly) {
-      assert.doesNotMatch(name, configure, `bridge may not configure ${name}`);
-      assert.doesNotMatch(name, write, `bridge may not write ${name}`);
-      assert.doesNotMatch(name, read, `bridge may not read ${name}`);
-    }
-    assert.doesNotMatch(defaults.amqp.exchange, read, 'the bridge reads no lifecycle messages');
-    const commands = topicPermission('virtbus-bridge', defaults.amqp.commandExchange);
-    assert.ok(commands);
-    assert.match(commandResultRoutingKey(HOST), commands.write, 'bridge publishes results');
-    assert.doesNotMatch(commandRoutingKey(HOST), commands.write, 'bridge cannot forge stop commands');
-    assert.match(commandRoutingKey(HOST), commands.read, 'bridge binds its command key');
   });
 
   it('the consumer may use its queues, bind to the exchanges, publish commands and notifications; nothing of the bridge', () => {
@@ -368,12 +393,14 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
   let scratch: string;
   let dbUrl: string;
   const passwords = {
-    bridge: randomBytes(12).toString('hex'),
-    consumer: randomBytes(12).toString('hex'),
-    observer: randomBytes(12).toString('hex'),
+    [BRIDGE_USER]: randomBytes(12).toString('hex'),
+    'virtbus-consumer': randomBytes(12).toString('hex'),
+    'virtbus-observer': randomBytes(12).toString('hex'),
   };
-  const url = (user: keyof typeof passwords): string =>
-    `amqp://virtbus-${user}:${passwords[user]}@127.0.0.1:${node.port}/${VHOST}`;
+  const url = (user: 'bridge' | 'consumer' | 'observer'): string => {
+    const name = user === 'bridge' ? BRIDGE_USER : `virtbus-${user}`;
+    return `amqp://${name}:${passwords[name]}@127.0.0.1:${node.port}/${VHOST}`;
+  };
   let bridge: ServiceProcess;
   let consumer: ServiceProcess;
   let tail: ChildProcess;
@@ -430,13 +457,13 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
     assert.equal(listed.find((q) => q.name === 'virtbus.dead-letter')?.policy, 'virtbus-dead-letter');
     assert.equal(listed.find((q) => q.name === notificationQ.name)?.policy, 'virtbus-notifications');
     // Imported without a password: nobody can log in until the operator sets one.
-    await assert.rejects(connect(`amqp://virtbus-bridge:@127.0.0.1:${node.port}/${VHOST}`), /ACCESS.REFUSED/);
+    await assert.rejects(connect(`amqp://${BRIDGE_USER}:@127.0.0.1:${node.port}/${VHOST}`), /ACCESS.REFUSED/);
     await assert.rejects(
-      connect(`amqp://virtbus-bridge:anything@127.0.0.1:${node.port}/${VHOST}`),
+      connect(`amqp://${BRIDGE_USER}:anything@127.0.0.1:${node.port}/${VHOST}`),
       /ACCESS.REFUSED/,
     );
     for (const [user, password] of Object.entries(passwords))
-      await node.ctl('change_password', `virtbus-${user}`, password);
+      await node.ctl('change_password', user, password);
   });
 
   it('virtbus bridge, consumer and tail run as their users: a destroyed domain is stopped in the database through the bus', async () => {
@@ -575,7 +602,16 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
     const model = await connect(url('consumer'));
     try {
       const channel = await model.createConfirmChannel();
-      await publish(channel, defaults.amqp.commandExchange, commandRoutingKey(HOST), '{"not":"a command"}');
+      // From the verified consumer identity, so only its content is wrong.
+      await new Promise<void>((resolve, reject) =>
+        channel.publish(
+          defaults.amqp.commandExchange,
+          commandRoutingKey(HOST),
+          Buffer.from('{"not":"a command"}'),
+          { persistent: true, userId: 'virtbus-consumer' },
+          (error: unknown) => (error ? reject(new Error('nacked')) : resolve()),
+        ),
+      );
     } finally {
       await model.close();
     }
@@ -596,8 +632,11 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
     await expectRefused(bridgeUrl, 'publishing a notification', "exchange 'nova'", (ch) =>
       publish(ch, 'nova', 'versioned_notifications.info'),
     );
-    await expectRefused(bridgeUrl, 'forging a stop command for another host', "topic 'cmp-02.stop'", (ch) =>
-      publish(ch, defaults.amqp.commandExchange, commandRoutingKey('cmp-02')),
+    await expectRefused(
+      bridgeUrl,
+      'forging a stop command for another host',
+      `topic '${commandRoutingKey(OTHER_HOST)}'`,
+      (ch) => publish(ch, defaults.amqp.commandExchange, commandRoutingKey(OTHER_HOST)),
     );
     await expectRefused(
       bridgeUrl,
@@ -613,6 +652,12 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
     );
     await expectRefused(bridgeUrl, 'declaring another queue', "queue 'virtbus.sneaky'", (ch) =>
       ch.assertQueue('virtbus.sneaky'),
+    );
+    await expectRefused(
+      bridgeUrl,
+      'reading the unroutable queue',
+      `queue '${defaults.amqp.unroutableExchange}'`,
+      (ch) => ch.consume(defaults.amqp.unroutableExchange, () => undefined),
     );
     await expectRefused(bridgeUrl, 'declaring an exclusive server-named queue', "queue 'amq.gen-", (ch) =>
       ch.assertQueue('', { exclusive: true }),

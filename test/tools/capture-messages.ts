@@ -220,14 +220,14 @@ connection).
 | \`host\` | the bridge's host name (\`host\` setting) |
 | \`instance_uuid\`, \`domain_name\` | the libvirt domain (its UUID is Nova's instance UUID); null in \`sync_end\` |
 | \`transition\`, \`nova_transition\` | see above; \`nova_transition\` is null for transitions Nova ignores |
-| \`libvirt\` | \`{event, detail, event_code, detail_code}\`: libvirt's names and numbers. A code newer than virtbus is carried as its number (the name is the number as a string). REBOOT has \`event_code\` -1 and a null detail; \`sync\` has event \`STATE\` with the virDomainState; null in \`sync_end\` |
+| \`libvirt\` | \`{event, detail, event_code, detail_code}\`: libvirt's names and numbers. A code newer than virtbus is carried as its number (the name is the number as a string). REBOOT has \`event_code\` -1 and a null detail; \`sync\` has event \`STATE\` with the virDomainState; null in \`sync_end\`. The consumer reads \`event_code\`/\`detail_code\` to tell a live migration's STARTED/RESUMED/STOPPED (detail \`MIGRATED\`, \`POSTCOPY\`) from others |
 | \`power_state\`, \`power_state_name\` | the domain's **live** state read when the message was dispatched (after any stop delay), in Nova's codes: 0 pending (also: the domain no longer exists), 1 running, 3 paused, 4 shutdown, 6 crashed, 7 suspended. null when libvirt could not be asked (disconnected); a reconnect snapshot follows |
 | \`occurred_at\` | when libvirt called back (taken on the native thread), ISO-8601 UTC with microseconds; for snapshots when the state was read |
 | \`published_at\` | when the message was built (dispatch time) |
 | \`delayed_ms\` | how long a STOPPED was held (Nova's delay, \`bridge.stopDelayMs\`); 0 otherwise |
-| \`seq\`, \`boot_id\` | monotonic per bridge process, and that process' id: a consumer can order and detect gaps |
+| \`seq\`, \`boot_id\` | monotonic per bridge process (assigned at dispatch), and that process' id: the consumer orders one process's messages by \`seq\`, never by its wall clock |
 | \`snapshot\` | sync/sync_end only: \`{id, reason: start\\|reconnect\\|periodic\\|overflow, count, taken_at}\` |
-| \`instance_uuids\` | sync_end only: every domain in the snapshot |
+| \`instance_uuids\` | sync_end only: every domain in the snapshot (at most 100,000: a longer list is dead-lettered) |
 
 AMQP properties: persistent, \`content_type\` \`application/json\`, \`message_id\` = \`event_id\`,
 \`timestamp\`, \`app_id\` \`virtbus\`, \`type\` \`virtbus.lifecycle.v1\`; published on a confirm channel
@@ -240,7 +240,8 @@ ${block("A `paused` event, its live `power_state` read at dispatch. Had the gues
 At start, after every libvirt reconnect, every \`bridge.resyncIntervalSeconds\` and after a native
 queue overflow the bridge publishes one \`sync\` per domain and then one \`sync_end\` listing them all.
 A consumer treats rows of that host that are missing from \`instance_uuids\` (and unchanged since
-\`taken_at\`) as domains that vanished (NOSTATE). A domain whose STOPPED is being held (Nova's delay)
+\`taken_at\`) as domains that vanished (NOSTATE) — or, when another host said the guest arrived by
+live migration, as the source's word that it left ([consumer.md](consumer.md#live-migration-the-row-follows-the-guest)). A domain whose STOPPED is being held (Nova's delay)
 gets **no** \`sync\` — the held STOPPED speaks for it: published as \`stopped\` when the delay ends, or
 cancelled by the event that ends the reboot — but it is still listed in \`instance_uuids\`, so it does
 not look vanished; \`snapshot.count\` is the number of \`sync\` messages. The same holds, for at most
@@ -276,6 +277,13 @@ mid-command gets it again.
 ${block('`stop` (4b: an active instance found shut off):', stop, pretty(stop.body))}
 ${block('`force_stop` (4g: a stopped instance found running):', forceStop, pretty(forceStop.body))}
 ${block('Its result:', result, pretty(result.body))}
+The consumer reads a result as follows ([consumer.md](consumer.md#stop-and-force_stop-closing-the-loop)):
+\`command_id\` must be a UUID (the consumer's commands always are); \`host\` must be the host the
+command was sent to, or the result is dead-lettered; only \`stopped\`/\`already_stopped\` mark the
+instance stopped and take \`power_state\` (when not null); \`failed\`, \`refused\`, \`expired\`, \`skipped\`
+and \`not_found\` only clear the task and record why — their \`power_state\` is never written, and
+\`not_found\` (no such domain on the commanded host) never marks the instance stopped.
+
 ## Notifications: versioned \`instance.update\`
 
 For every change of power_state, vm_state or task_state the consumer emits Nova's versioned

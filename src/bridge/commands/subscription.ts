@@ -1,11 +1,16 @@
 /**
  * The bridge's two AMQP channels for commands, kept up across reconnects: a consumer channel on the
  * host's command queue (prefetch 32) and a confirm channel for results. A channel that closes on its
- * own while the connection stays up is reopened; a setup that fails on the live connection resets it,
- * one that fails on a connection already gone is ignored (a newer 'up' opens its own). Settling
- * (ack/nack) never throws: on a dead channel the broker redelivers by itself.
+ * own while the connection stays up is reopened; a channel that cannot be created on the live
+ * connection resets it, one that fails on a connection already gone is ignored (a newer 'up' opens
+ * its own). A command queue that is missing or refused (the bridge declares passively by default) or
+ * a consumer the broker cancels (queue deleted, node failover: amqplib calls the consume callback with
+ * null) is retried on a new channel with a growing delay, without dropping the connection the
+ * lifecycle publisher shares. Results are published mandatory: one the broker returns (no queue
+ * bound for it) counts as not delivered. Settling (ack/nack) never throws: on a dead channel the
+ * broker redelivers by itself.
  */
-import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Options } from 'amqplib';
+import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
 import type { AmqpConnection } from '../../amqp/connection';
 import type { Logger } from '../../util/log';
 
@@ -21,6 +26,9 @@ export interface CommandSubscriptionOptions {
 
 /** A channel that closes on its own (a channel-level error) while the connection stays up is reopened. */
 const REOPEN_DELAY_MS = 250;
+/** Re-subscribing after a cancel or a refused queue: from RETRY_MIN_MS, doubling up to RETRY_MAX_MS. */
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30_000;
 const PREFETCH = 32;
 
 export type Settlement = 'ack' | 'requeue' | 'drop';
@@ -29,7 +37,11 @@ export class CommandSubscription {
   readonly #options: CommandSubscriptionOptions;
   #consumer: { channel: Channel; tag: string } | undefined;
   #results: ConfirmChannel | undefined;
+  /** Message ids the broker returned on the current result channel (mandatory, unroutable). */
+  #returned = new Set<string>();
   #closing = false;
+  #retryMs = RETRY_MIN_MS;
+  #retryTimer: NodeJS.Timeout | undefined;
 
   constructor(options: CommandSubscriptionOptions) {
     this.#options = options;
@@ -46,6 +58,7 @@ export class CommandSubscription {
   /** Stops taking deliveries (cancels the consumer); results can still be published. */
   async stop(): Promise<void> {
     this.#closing = true;
+    clearTimeout(this.#retryTimer);
     const consumer = this.#consumer;
     this.#consumer = undefined;
     if (consumer) await consumer.channel.cancel(consumer.tag).catch(() => undefined);
@@ -67,16 +80,26 @@ export class CommandSubscription {
     }
   }
 
-  /** Publishes on the confirm channel; resolves when the broker confirmed, rejects otherwise. */
+  /**
+   * Publishes mandatory on the confirm channel; resolves when the broker confirmed a routed message,
+   * rejects when it nacked, returned it (no queue bound: the broker sends basic.return before the
+   * ack) or the channel closed first. options.messageId must be set (it identifies the return).
+   */
   publish(exchange: string, routingKey: string, content: Buffer, options: Options.Publish): Promise<void> {
     const channel = this.#results;
     if (!channel) return Promise.reject(new Error('broker not connected'));
-    // A publish on a closed channel throws inside the executor (a rejection); a channel closing with
-    // the publish unconfirmed calls back with an error (amqplib), so this always settles.
+    const returned = this.#returned;
+    const id = String(options.messageId);
     return new Promise((resolve, reject) => {
-      channel.publish(exchange, routingKey, content, options, (error: unknown) =>
-        error ? reject(error instanceof Error ? error : new Error('nacked')) : resolve(),
-      );
+      try {
+        channel.publish(exchange, routingKey, content, { ...options, mandatory: true }, (error: unknown) => {
+          if (error) reject(error instanceof Error ? error : new Error('nacked'));
+          else if (returned.delete(id)) reject(new UnroutableError(routingKey));
+          else resolve();
+        });
+      } catch (error) {
+        reject(error instanceof Error ? error : new Error(String(error)));
+      }
     });
   }
 
@@ -119,6 +142,8 @@ export class CommandSubscription {
     }
     // Without an 'error' listener amqplib throws the channel error inside the connection (tearing it down).
     results.on('error', (error: Error) => logger.warn({ err: error }, 'command result channel error'));
+    const returned = new Set<string>();
+    results.on('return', (message: Message) => returned.add(String(message.properties.messageId)));
     results.on('close', () => {
       if (this.#results !== results) return;
       this.#results = undefined;
@@ -133,6 +158,19 @@ export class CommandSubscription {
       return;
     }
     this.#results = results;
+    this.#returned = returned;
+  }
+
+  /** Opens the consumer channel again later, each time later (a missing queue is not a hot loop). */
+  #retryConsumer(model: ChannelModel): void {
+    if (!this.#isCurrent(model)) return;
+    const delay = this.#retryMs;
+    this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => {
+      if (this.#consumer === undefined && this.#isCurrent(model)) void this.#openConsumer(model);
+    }, delay);
+    this.#retryTimer.unref();
   }
 
   async #openConsumer(model: ChannelModel): Promise<void> {
@@ -160,6 +198,7 @@ export class CommandSubscription {
       await channel.prefetch(PREFETCH);
       const { consumerTag } = await channel.consume(queue, (message) => {
         if (message) this.#options.onMessage(channel, message);
+        else this.#cancelled(model, channel);
       });
       this.#consumer = { channel, tag: consumerTag };
       if (!this.#isCurrent(model)) {
@@ -167,9 +206,39 @@ export class CommandSubscription {
         await channel.close().catch(() => undefined);
         return;
       }
+      this.#retryMs = RETRY_MIN_MS;
       logger.info({ queue }, 'taking stop commands');
     } catch (error) {
-      this.#setupFailed(model, 'command queue', error);
+      // The channel is closed by the broker's refusal (404 no queue, 403 no permission): the
+      // connection is fine, so only this channel is retried; the reason is in the log.
+      this.#consumer = undefined;
+      if (!this.#isCurrent(model)) return;
+      logger.error(
+        { err: error, queue, retryInMs: this.#retryMs },
+        'cannot consume the command queue; no stop command is taken until it can',
+      );
+      await channel.close().catch(() => undefined);
+      this.#retryConsumer(model);
     }
+  }
+
+  /** The broker cancelled the consumer (queue deleted, failover): subscribe again on a new channel. */
+  #cancelled(model: ChannelModel, channel: Channel): void {
+    if (this.#consumer?.channel !== channel) return;
+    this.#consumer = undefined;
+    this.#options.logger.warn(
+      { queue: this.#options.queue, retryInMs: this.#retryMs },
+      'the broker cancelled the command consumer; subscribing again',
+    );
+    void channel.close().catch(() => undefined);
+    this.#retryConsumer(model);
+  }
+}
+
+/** A result the broker returned: no queue is bound for its routing key (no consumer listens). */
+export class UnroutableError extends Error {
+  constructor(routingKey: string) {
+    super(`the broker returned the result: no queue is bound for ${routingKey}`);
+    this.name = 'UnroutableError';
   }
 }
