@@ -15,7 +15,7 @@ import type { NativeBinding } from '../native/contract';
 import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
 import { join } from 'node:path';
-import { CommandExecutor, brokerUserOf } from './commands';
+import { CommandExecutor } from './commands';
 import { Dispatcher } from './dispatcher';
 import { EventPump } from './event-pump';
 import { createBridgeMetrics, type BridgeMetrics } from './metrics';
@@ -40,14 +40,6 @@ export const EXECUTED_IDS_FILE = 'executed-commands.jsonl';
 function bridgeLifecycleTopology(config: VirtbusConfig): Topology {
   const full = lifecycleExchangeTopology(config.amqp.exchange, config.amqp.unroutableExchange);
   return config.bridge.declareTopology ? full : { exchanges: full.exchanges, queues: [], bindings: [] };
-}
-
-/** Results carry the bridge's broker user as user_id (the broker verifies it) when the URL names it. */
-function resultUser(config: VirtbusConfig, logger: Logger): { resultUserId?: string } {
-  const user = brokerUserOf(config.amqp.url, config.amqp.tls.certFile !== '');
-  if (user === undefined)
-    logger.warn('the broker user is not in amqp.url (certificate login?): results carry no user_id');
-  return user === undefined ? {} : { resultUserId: user };
 }
 
 export class Bridge {
@@ -136,7 +128,6 @@ export class Bridge {
       maxExpiryMs: config.bridge.commands.maxExpiryMs,
       executedIdsFile: join(config.bridge.outbox.dir, EXECUTED_IDS_FILE),
       declareTopology: config.bridge.declareTopology,
-      ...resultUser(config, logger),
       connection: () => this.#libvirt.connection,
       amqp: this.#amqp,
       metrics: this.metrics,

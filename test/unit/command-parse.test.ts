@@ -18,7 +18,7 @@ import {
   verifyCommand,
 } from '../../src/bridge/commands/parse';
 import { ReplayGuard } from '../../src/bridge/commands/replay-guard';
-import { brokerUserOf } from '../../src/bridge/commands/identity';
+import { brokerUser } from '../../src/amqp/connection';
 import { COMMAND_SCHEMA, type StopCommand } from '../../src/messages/command';
 import { isoMicros, nowMicros } from '../../src/util/time';
 
@@ -109,10 +109,15 @@ describe('command sender and target', () => {
   });
 
   it("the bridge's broker user for result user_ids", () => {
-    assert.equal(brokerUserOf('amqp://virtbus-bridge-cmp-01:pw@h:5672/v', false), 'virtbus-bridge-cmp-01');
-    assert.equal(brokerUserOf('amqp://h:5672/v', false), 'guest');
-    assert.equal(brokerUserOf('amqps://h:5671/v', true), undefined);
-    assert.equal(brokerUserOf('amqp://a%40b:pw@h1,amqp://a%40b:pw@h2', false), 'a@b');
+    assert.equal(brokerUser('amqp://virtbus-bridge-cmp-01:pw@h:5672/v'), 'virtbus-bridge-cmp-01');
+    assert.equal(brokerUser('amqp://h:5672/v'), 'guest');
+    assert.equal(brokerUser('amqps://h:5671/v', '', true), '', 'certificate login: no user_id');
+    assert.equal(
+      brokerUser('amqps://h:5671/v', 'cmp-01', true),
+      'cmp-01',
+      'amqp.user names the certificate user',
+    );
+    assert.equal(brokerUser('amqp://a%40b:pw@h1'), 'a@b');
   });
 });
 

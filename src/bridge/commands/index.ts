@@ -30,7 +30,6 @@ import { ReplayGuard } from './replay-guard';
 import { CommandSubscription } from './subscription';
 
 export { parseStopCommand, verifyCommand, MAX_COMMAND_BYTES } from './parse';
-export { brokerUserOf } from './identity';
 
 export interface CommandExecutorOptions {
   readonly host: string;
@@ -47,8 +46,6 @@ export interface CommandExecutorOptions {
   readonly executedIdsFile?: string;
   /** Most executed ids remembered (default 100,000). */
   readonly maxExecutedIds?: number;
-  /** user_id set on results (this bridge's broker user, verified by the broker); undefined: none. */
-  readonly resultUserId?: string;
   /** true: declare the exchange, queue and binding (development); false: check them passively. */
   readonly declareTopology: boolean;
   readonly connection: () => NativeConnection | undefined;
@@ -248,7 +245,9 @@ export class CommandExecutor {
   }
 
   #publishResult(result: CommandResult): Promise<void> {
-    const { resultUserId } = this.#options;
+    // The broker verifies user_id equals the connection's user (amqp.user, else the URL's): the
+    // consumer believes a result only from the host's own identity.
+    const resultUserId = this.#options.amqp.user;
     return this.#subscription.publish(
       this.#options.exchange,
       commandResultRoutingKey(this.#options.host),
