@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(libvirt-dev libvirt-daemon libvirt-clients pkg-config rabbitmq-server postgresql prometheus openssl systemd
-  util-linux make g++ python3)
+  util-linux make g++ python3
+  qemu-system-x86 libvirt-daemon-driver-qemu busybox-static cpio)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -23,6 +24,12 @@ if ((${#missing[@]} > 0)); then
   apt-get update -qq
   # Services are not started on install on these machines (no init system); the sandbox starts its own.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The real-hypervisor tests' guest (kernel + busybox initramfs), cached outside the repository and
+# built only when missing (scripts/build-guest.sh; ~70 MB kernel package download the first time).
+if [[ $(id -u) -eq 0 ]]; then
+  bash scripts/build-guest.sh >/dev/null
 fi
 
 # npm ci when the lock file changed since the last install (or nothing is installed).

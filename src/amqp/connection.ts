@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../util/log';
 import { Backoff, cancellableDelay } from '../util/backoff';
-import { redactValue } from '../config/load';
+import { redactValue } from '../config/redact';
 
 export interface AmqpTlsOptions {
   readonly caFile: string;
@@ -28,6 +28,8 @@ export interface AmqpConnectionOptions {
   readonly connectionName: string;
   readonly reconnectInitialDelayMs: number;
   readonly reconnectMaxDelayMs: number;
+  /** The broker user name, when the URL does not say it (certificate authentication); '' = from the URL. */
+  readonly user?: string;
   readonly logger: Logger;
 }
 
@@ -45,13 +47,29 @@ export function splitUrls(url: string): string[] {
     .filter((part) => part.length > 0);
 }
 
-function socketOptions(url: string, options: AmqpConnectionOptions): Record<string, unknown> {
+/** amqps:// in any letter case (URL schemes are case-insensitive: AMQPS:// is TLS too). */
+export function isTlsUrl(url: string): boolean {
+  try {
+    return new URL(url).protocol === 'amqps:';
+  } catch {
+    return /^amqps:/i.test(url.trim());
+  }
+}
+
+/**
+ * amqplib's socket options for one URL: client properties, and for amqps:// the CA, client
+ * certificate and verification settings of amqp.tls (shared by the services and `virtbus tail`).
+ */
+export function socketOptions(
+  url: string,
+  tls: AmqpTlsOptions,
+  connectionName: string,
+): Record<string, unknown> {
   const base: Record<string, unknown> = {
-    clientProperties: { connection_name: options.connectionName, product: 'virtbus' },
+    clientProperties: { connection_name: connectionName, product: 'virtbus' },
     timeout: 10000,
   };
-  if (!url.startsWith('amqps:')) return base;
-  const { tls } = options;
+  if (!isTlsUrl(url)) return base;
   return {
     ...base,
     ...(tls.caFile ? { ca: [readFileSync(tls.caFile)] } : {}),
@@ -66,11 +84,38 @@ function socketOptions(url: string, options: AmqpConnectionOptions): Record<stri
   };
 }
 
+/** Said once at start: without verification anyone on the path can pose as the broker. */
+export function warnIfUnverified(url: string, tls: AmqpTlsOptions, logger: Logger): void {
+  if (tls.verify) return;
+  logger.warn(
+    { tlsInUse: splitUrls(url).some(isTlsUrl) },
+    'amqp.tls.verify is false: the broker certificate and host name are NOT verified; anyone on the network path can pose as the broker (experiments only)',
+  );
+}
+
 /** amqplib takes the heartbeat from the URL query; an explicit one in the URL wins. */
 function withHeartbeat(url: string, seconds: number): string {
   const parsed = new URL(url);
   if (!parsed.searchParams.has('heartbeat')) parsed.searchParams.set('heartbeat', String(seconds));
   return parsed.toString();
+}
+
+/**
+ * The broker user a connection to this URL authenticates as: the configured name (amqp.user), else
+ * the URL's user name, else guest (the client's default) — or '' when the URL names nobody and a
+ * client certificate is configured (the login may be by certificate, whose name is not known here:
+ * better no user_id than one the broker refuses, which would close the publishing channel).
+ * What a publisher sets as user_id: RabbitMQ refuses any other.
+ */
+export function brokerUser(url: string, configured = '', clientCertificate = false): string {
+  if (configured) return configured;
+  try {
+    const parsed = new URL(url);
+    if (parsed.username) return decodeURIComponent(parsed.username);
+    return clientCertificate && parsed.password === '' ? '' : 'guest';
+  } catch {
+    return '';
+  }
 }
 
 export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
@@ -80,6 +125,8 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
   readonly #backoff: Backoff;
   #model: ChannelModel | undefined;
   #urlIndex = 0;
+  /** The broker user of the current (or first) URL, computed once per connect (read per publish). */
+  #user: string;
   #loop: Promise<void> | undefined;
   #wakeReconnect: (() => void) | undefined;
   #blocked = false;
@@ -88,11 +135,17 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
     super();
     this.#options = options;
     this.#urls = splitUrls(options.url);
+    this.#user = brokerUser(this.#urls[0] ?? '', options.user, options.tls.certFile !== '');
     this.#backoff = new Backoff(options.reconnectInitialDelayMs, options.reconnectMaxDelayMs);
   }
 
   get model(): ChannelModel | undefined {
     return this.#model;
+  }
+
+  /** The broker user of the current connection (user_id of what is published on it; '' = unknown). */
+  get user(): string {
+    return this.#user;
   }
 
   get isUp(): boolean {
@@ -105,6 +158,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
 
   /** Starts the connect/reconnect loop in the background; 'up' fires on each successful connect. */
   start(): void {
+    if (!this.#loop) warnIfUnverified(this.#options.url, this.#options.tls, this.#options.logger);
     this.#loop ??= this.#run();
   }
 
@@ -152,7 +206,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
       try {
         model = await connect(
           withHeartbeat(url, this.#options.heartbeatSeconds),
-          socketOptions(url, this.#options),
+          socketOptions(url, this.#options.tls, this.#options.connectionName),
         );
       } catch (error) {
         const delay = this.#backoff.next();
@@ -183,6 +237,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
         this.emit('unblocked');
       });
       this.#backoff.reset();
+      this.#user = brokerUser(url, this.#options.user, this.#options.tls.certFile !== '');
       this.#model = model;
       logger.info({ broker: redactValue(url) }, 'connected to the broker');
       this.emit('up', model);
@@ -205,6 +260,7 @@ export function amqpOptionsFromConfig(
     reconnectInitialDelayMs: number;
     reconnectMaxDelayMs: number;
     tls: AmqpTlsOptions;
+    user?: string;
   },
   connectionName: string,
   logger: Logger,
@@ -216,6 +272,7 @@ export function amqpOptionsFromConfig(
     connectionName,
     reconnectInitialDelayMs: amqp.reconnectInitialDelayMs,
     reconnectMaxDelayMs: amqp.reconnectMaxDelayMs,
+    user: amqp.user ?? '',
     logger,
   };
 }

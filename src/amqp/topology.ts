@@ -1,7 +1,8 @@
 /**
  * Topology as data: exchanges, queues and bindings described from configuration, applied step by
  * step on every (re)connect so a broker that lost its definitions (or a new cluster node) is
- * repaired by the next connection. deploy/rabbitmq/definitions.json declares the same objects.
+ * repaired by the next connection — or, for a process that may configure nothing shared (a bridge),
+ * checked passively. deploy/rabbitmq/definitions.json declares the same objects.
  */
 import type { Channel } from 'amqplib';
 
@@ -88,4 +89,53 @@ export function lifecycleExchangeTopology(exchange: string, unroutable: string):
     queues: [{ name: unroutable, durable: true, arguments: { 'x-queue-type': 'quorum' } }],
     bindings: [{ queue: unroutable, exchange: unroutable, pattern: '' }],
   };
+}
+
+/** How an operator creates what a passive check found missing. */
+export const MISSING_TOPOLOGY_HINT =
+  'create it from the shipped broker definitions (deploy/rabbitmq/definitions.json, or the per-host ' +
+  'definitions the `virtbus broker definitions` generator writes; see docs/security.md), or set ' +
+  'bridge.declareTopology=true (VIRTBUS_BRIDGE_DECLARE_TOPOLOGY) on a development broker';
+
+/** A passive check found an object missing or refused; the message names it and how to create it. */
+export class MissingTopologyError extends Error {
+  constructor(
+    readonly kind: 'exchange' | 'queue',
+    readonly objectName: string,
+    cause: unknown,
+  ) {
+    const why = cause instanceof Error ? cause.message : String(cause);
+    super(
+      `${kind} ${JSON.stringify(objectName)} is missing or not accessible (${why}); ${MISSING_TOPOLOGY_HINT}`,
+    );
+    this.name = 'MissingTopologyError';
+  }
+}
+
+/**
+ * Checks passively that the exchanges and queues of a topology exist, declaring nothing: a process
+ * that must configure nothing shared (a bridge holding one host's credentials) uses this instead of
+ * assertTopology. Bindings cannot be checked passively in AMQP 0-9-1; they come with the definitions.
+ * The first missing object fails the check (the broker closes the channel at a 404).
+ */
+export async function checkTopology(channel: Channel, topology: Topology): Promise<void> {
+  for (const exchange of topology.exchanges) {
+    try {
+      await channel.checkExchange(exchange.name);
+    } catch (error) {
+      throw new MissingTopologyError('exchange', exchange.name, error);
+    }
+  }
+  for (const queue of topology.queues) {
+    try {
+      await channel.checkQueue(queue.name);
+    } catch (error) {
+      throw new MissingTopologyError('queue', queue.name, error);
+    }
+  }
+}
+
+/** assertTopology when declare is true (development), checkTopology otherwise. */
+export function prepareTopology(channel: Channel, topology: Topology, declare: boolean): Promise<void> {
+  return declare ? assertTopology(channel, topology) : checkTopology(channel, topology);
 }

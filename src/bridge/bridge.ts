@@ -8,13 +8,14 @@
 import { randomUUID } from 'node:crypto';
 import type { VirtbusConfig } from '../config/load';
 import { AmqpConnection, amqpOptionsFromConfig } from '../amqp/connection';
-import { lifecycleExchangeTopology } from '../amqp/topology';
+import { lifecycleExchangeTopology, type Topology } from '../amqp/topology';
 import { LibvirtHost } from '../libvirt/host';
 import { startMetricsServer, type MetricsServer } from '../metrics/server';
 import type { NativeBinding } from '../native/contract';
 import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
-import { CommandExecutor } from './commands';
+import { join } from 'node:path';
+import { CommandExecutor, brokerUserOf } from './commands';
 import { Dispatcher } from './dispatcher';
 import { EventPump } from './event-pump';
 import { createBridgeMetrics, type BridgeMetrics } from './metrics';
@@ -27,6 +28,26 @@ export interface BridgeDependencies {
   readonly logger: Logger;
   /** From openOutbox(config); defaults to an in-memory outbox of 100,000 messages. */
   readonly outbox?: Outbox;
+}
+
+/** Executed stop-command ids (the replay guard), beside the outbox journal. */
+export const EXECUTED_IDS_FILE = 'executed-commands.jsonl';
+
+/**
+ * What the publisher declares (development) or checks (default): the lifecycle exchange and its
+ * alternate exchange. Passively only the exchanges: the unroutable queue is not the bridge's to read.
+ */
+function bridgeLifecycleTopology(config: VirtbusConfig): Topology {
+  const full = lifecycleExchangeTopology(config.amqp.exchange, config.amqp.unroutableExchange);
+  return config.bridge.declareTopology ? full : { exchanges: full.exchanges, queues: [], bindings: [] };
+}
+
+/** Results carry the bridge's broker user as user_id (the broker verifies it) when the URL names it. */
+function resultUser(config: VirtbusConfig, logger: Logger): { resultUserId?: string } {
+  const user = brokerUserOf(config.amqp.url, config.amqp.tls.certFile !== '');
+  if (user === undefined)
+    logger.warn('the broker user is not in amqp.url (certificate login?): results carry no user_id');
+  return user === undefined ? {} : { resultUserId: user };
 }
 
 export class Bridge {
@@ -82,6 +103,7 @@ export class Bridge {
       format: config.amqp.format as 'json' | 'oslo',
       stopDelayMs: config.bridge.stopDelayMs,
       connection: () => this.#libvirt.connection,
+      takeQueued: () => this.#pump.takeQueued(),
       outbox: this.#outbox,
       metrics: this.metrics,
       logger: logger.child({ module: 'dispatcher' }),
@@ -89,7 +111,8 @@ export class Bridge {
     this.#publisher = new Publisher({
       connection: this.#amqp,
       outbox: this.#outbox,
-      topology: lifecycleExchangeTopology(config.amqp.exchange, config.amqp.unroutableExchange),
+      topology: bridgeLifecycleTopology(config),
+      declareTopology: config.bridge.declareTopology,
       maxInFlight: config.amqp.maxInFlight,
       metrics: this.metrics,
       logger: logger.child({ module: 'publisher' }),
@@ -109,6 +132,11 @@ export class Bridge {
       enabled: config.bridge.commands.enabled && !config.libvirt.readOnly,
       gracefulTimeoutMs: config.bridge.commands.gracefulTimeoutMs,
       destroyOnTimeout: config.bridge.commands.destroyOnTimeout,
+      trustedUser: config.bridge.commands.trustedUser,
+      maxExpiryMs: config.bridge.commands.maxExpiryMs,
+      executedIdsFile: join(config.bridge.outbox.dir, EXECUTED_IDS_FILE),
+      declareTopology: config.bridge.declareTopology,
+      ...resultUser(config, logger),
       connection: () => this.#libvirt.connection,
       amqp: this.#amqp,
       metrics: this.metrics,

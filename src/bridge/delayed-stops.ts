@@ -40,6 +40,11 @@ export class DelayedStops<T> {
     return this.#pending.size;
   }
 
+  /** The domains whose STOPPED is held right now (a snapshot must not describe them: dispatcher). */
+  heldUuids(): IterableIterator<string> {
+    return this.#pending.keys();
+  }
+
   /** Cancels the pending STOPPED of this domain, if any. Call for every event, before hold(). */
   cancel(uuid: string): boolean {
     return this.cancelWithFollowers(uuid) !== undefined;

@@ -3,10 +3,11 @@
  * event (Nova's mapping plus the events Nova drops), applies Nova's delayed STOPPED, samples the live
  * power state at dispatch time, and assigns the per-process `seq`. Everything — event batches,
  * released delayed stops and snapshots — runs through one serial lane, so messages enter the outbox
- * (and reach the wire) in the order they were dispatched.
+ * (and reach the wire) in the order they were dispatched. A snapshot never describes a domain whose
+ * STOPPED is being held in a `sync` (that would bypass the delay: docs/architecture.md).
  */
 import { randomUUID } from 'node:crypto';
-import type { RawDomainEvent, NativeConnection } from '../native/contract';
+import type { DomainInfo, RawDomainEvent, NativeConnection } from '../native/contract';
 import { translate, NOVA_TRANSITION, type LibvirtCodes, type Transition } from '../libvirt/translate';
 import { powerStateOf } from '../libvirt/power-state';
 import { DomainStateCode, nameOrNumber } from '../libvirt/constants';
@@ -21,7 +22,7 @@ import {
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
 import { Backoff } from '../util/backoff';
-import { DelayedStops } from './delayed-stops';
+import { DelayedStops, type TimerApi } from './delayed-stops';
 import type { Outbox, OutboxInput } from './outbox';
 import type { BridgeMetrics } from './metrics';
 import { migratedTransition, samplePowerStates } from './state-sampler';
@@ -34,6 +35,15 @@ export interface DispatcherOptions {
   readonly stopDelayMs: number;
   /** The current libvirt connection, or undefined while disconnected. */
   readonly connection: () => NativeConnection | undefined;
+  /**
+   * Takes, synchronously, the events libvirt has delivered that the event pump has not drained yet
+   * (EventPump.takeQueued). A snapshot calls it right after its listing, so a STOPPED that preceded
+   * the listing is held before the snapshot decides which domains it withholds.
+   */
+  readonly takeQueued?: () => readonly RawDomainEvent[];
+  /** Timers and clock of the delayed STOPPED (tests drive them by hand); the real ones by default. */
+  readonly timers?: TimerApi;
+  readonly now?: () => number;
   readonly outbox: Outbox;
   readonly metrics: BridgeMetrics;
   readonly logger: Logger;
@@ -55,7 +65,14 @@ export class Dispatcher {
   readonly #options: DispatcherOptions;
   readonly #delayed: DelayedStops<Ready>;
   #lane: Promise<void> = Promise.resolve();
-  #released: Ready[] = [];
+  /** Accepted (translated, past the delay) and not yet in the outbox, in dispatch order. */
+  #pending: Ready[] = [];
+  #releaseFlushScheduled = false;
+  /**
+   * While a snapshot lists the domains: every domain whose STOPPED was held when the listing began or
+   * became held since. Those are withheld from the snapshot's `sync` messages.
+   */
+  #heldDuringListing: Set<string> | undefined;
   readonly #snapshotsQueued = new Map<SnapshotReason, Promise<void>>();
   readonly #snapshotRetry = new Backoff(1000, 30000);
   #seq = 0;
@@ -63,23 +80,26 @@ export class Dispatcher {
 
   constructor(options: DispatcherOptions) {
     this.#options = options;
-    this.#delayed = new DelayedStops<Ready>(options.stopDelayMs, (held, heldMs, followers) => {
-      options.metrics.delayedStops.inc({ outcome: 'published' });
-      // Stops released in the same turn (a host shutting many guests down) go out as one batch:
-      // one state query and one journal commit instead of one each.
-      // Anything dispatched before that turn ends takes the released stops into the lane first
-      // (#flushReleased), so a STARTED right behind a released STOPPED cannot overtake it.
-      if (this.#released.length === 0) setImmediate(() => this.#flushReleased());
-      this.#released.push({ ...held, delayedMs: heldMs }, ...followers);
-    });
-  }
-
-  /** Puts the stops released since the last flush into the lane, ahead of whatever comes next. */
-  #flushReleased(): void {
-    if (this.#released.length === 0) return;
-    const batch = this.#released;
-    this.#released = [];
-    void this.#enqueue(() => this.#publishReady(batch));
+    this.#delayed = new DelayedStops<Ready>(
+      options.stopDelayMs,
+      (held, heldMs, followers) => {
+        options.metrics.delayedStops.inc({ outcome: 'published' });
+        // Anything dispatched after this point is accepted behind the released stop (#pending keeps
+        // dispatch order), so a STARTED right behind a released STOPPED cannot overtake it. Stops
+        // released in the same turn (a host shutting many guests down) go out as one batch: one state
+        // query and one journal commit instead of one each.
+        this.#pending.push({ ...held, delayedMs: heldMs }, ...followers);
+        if (!this.#releaseFlushScheduled) {
+          this.#releaseFlushScheduled = true;
+          setImmediate(() => {
+            this.#releaseFlushScheduled = false;
+            void this.#enqueuePending();
+          });
+        }
+      },
+      options.timers,
+      options.now,
+    );
   }
 
   get delayedStopsPending(): number {
@@ -88,8 +108,16 @@ export class Dispatcher {
 
   /** Dispatches one drained batch; resolves when its messages are in the outbox. */
   handleEvents(events: readonly RawDomainEvent[]): Promise<void> {
-    this.#flushReleased();
-    const ready: Ready[] = [];
+    this.#accept(events);
+    return this.#enqueuePending();
+  }
+
+  /**
+   * Translates a batch and applies the delayed STOPPED, synchronously: what may go out now joins
+   * #pending, in order. Every hold or cancel decision is made here, at drain time, whatever the lane
+   * is busy with.
+   */
+  #accept(events: readonly RawDomainEvent[]): void {
     const { metrics, logger, stopDelayMs } = this.#options;
     // Counted per batch: one labelled increment per kind of event instead of one per event.
     const received = new Map<string, number>();
@@ -105,6 +133,8 @@ export class Dispatcher {
         );
         continue;
       }
+      // A SUSPENDED/MIGRATED counts as Nova's even though its job check (at publish time) may find
+      // that Nova would queue nothing: a domain whose STOPPED is held is off and cannot be migrating.
       const isNova =
         translation.kind === 'needs-job-check' || NOVA_TRANSITION[translation.transition] !== null;
       // Only Nova's own transitions reach its _event_emit_delayed, so only they cancel a held STOPPED
@@ -113,7 +143,7 @@ export class Dispatcher {
         const followers = this.#delayed.cancelWithFollowers(event.uuid);
         if (followers) {
           metrics.delayedStops.inc({ outcome: 'cancelled' });
-          ready.push(...followers);
+          this.#pending.push(...followers);
         }
       }
       const item: Ready = {
@@ -126,13 +156,25 @@ export class Dispatcher {
       };
       if (item.transition === 'stopped' && stopDelayMs > 0 && !this.#stopped) {
         this.#delayed.hold(event.uuid, item);
+        this.#heldDuringListing?.add(event.uuid);
       } else if (isNova || !this.#delayed.follow(event.uuid, item)) {
-        ready.push(item);
+        this.#pending.push(item);
       }
     }
     for (const [event, count] of received) metrics.eventsReceived.inc({ event }, count);
-    if (ready.length === 0) return this.#lane;
-    return this.#enqueue(() => this.#publishReady(ready));
+  }
+
+  /** Puts what was accepted into the lane; resolves when it (and all before it) is in the outbox. */
+  #enqueuePending(): Promise<void> {
+    if (this.#pending.length === 0) return this.#lane;
+    return this.#enqueue(() => this.#publishPending());
+  }
+
+  /** Lane task: publishes everything accepted so far (a later task may find nothing left: fine). */
+  #publishPending(): Promise<void> {
+    const batch = this.#pending;
+    this.#pending = [];
+    return batch.length === 0 ? Promise.resolve() : this.#publishReady(batch);
   }
 
   /**
@@ -140,7 +182,6 @@ export class Dispatcher {
    * `sync_end` listing them all, so a consumer can also converge rows whose domain vanished.
    */
   snapshot(reason: SnapshotReason): Promise<void> {
-    this.#flushReleased();
     // A snapshot of the same reason still waiting in the lane lists the domains later than this
     // request would, so it serves both: repeated overflows, or periodic ones during a long outage,
     // do not pile up (each would be journaled in full). Reasons stay distinct for the metric.
@@ -166,61 +207,99 @@ export class Dispatcher {
   }
 
   async #takeSnapshot(reason: SnapshotReason): Promise<void> {
-    {
-      const connection = this.#options.connection();
-      if (!connection) {
-        this.#options.logger.warn(
-          { reason },
-          'snapshot skipped: libvirt is not connected (the reconnect snapshot will follow)',
-        );
-        return;
-      }
-      // Every sync is stamped with the time before the listing, not after it: an event that happens
-      // while the listing is read is newer than the snapshot and must not be dropped as out of order.
-      const takenMicros = nowMicros();
-      const domains = await connection.listAllDomains();
-      const snapshot = {
-        id: randomUUID(),
+    const connection = this.#options.connection();
+    if (!connection) {
+      this.#options.logger.warn(
+        { reason },
+        'snapshot skipped: libvirt is not connected (the reconnect snapshot will follow)',
+      );
+      return;
+    }
+    // Every sync is stamped with the time before the listing, not after it: an event that happens
+    // while the listing is read is newer than the snapshot and must not be dropped as out of order.
+    const takenMicros = nowMicros();
+    const { domains, withheld } = await this.#listDomains(connection);
+    const described = domains.filter((domain) => !withheld.has(domain.uuid));
+    const snapshot = {
+      id: randomUUID(),
+      reason,
+      count: described.length,
+      taken_at: isoMicros(takenMicros),
+    };
+    const messages = described.map((domain) =>
+      this.#message({
+        instanceUuid: domain.uuid,
+        domainName: domain.name,
+        transition: 'sync',
+        libvirt: {
+          event: 'STATE',
+          detail: nameOrNumber(STATE_NAMES, domain.state),
+          event_code: -1,
+          detail_code: domain.state,
+        },
+        powerState: powerStateOf(domain.state),
+        occurredMicros: takenMicros,
+        delayedMs: 0,
+        snapshot,
+      }),
+    );
+    messages.push(
+      this.#message({
+        instanceUuid: null,
+        domainName: null,
+        transition: 'sync_end',
+        libvirt: null,
+        powerState: null,
+        occurredMicros: takenMicros,
+        delayedMs: 0,
+        snapshot,
+        // Withheld domains are listed all the same: they exist, and must not look vanished.
+        instanceUuids: domains.map((domain) => domain.uuid),
+      }),
+    );
+    await this.#options.outbox.append(messages);
+    this.#options.metrics.resyncs.inc({ reason });
+    this.#options.logger.info(
+      {
         reason,
-        count: domains.length,
-        taken_at: isoMicros(takenMicros),
-      };
-      const messages = domains.map((domain) =>
-        this.#message({
-          instanceUuid: domain.uuid,
-          domainName: domain.name,
-          transition: 'sync',
-          libvirt: {
-            event: 'STATE',
-            detail: nameOrNumber(STATE_NAMES, domain.state),
-            event_code: -1,
-            detail_code: domain.state,
-          },
-          powerState: powerStateOf(domain.state),
-          occurredMicros: takenMicros,
-          delayedMs: 0,
-          snapshot,
-        }),
-      );
-      messages.push(
-        this.#message({
-          instanceUuid: null,
-          domainName: null,
-          transition: 'sync_end',
-          libvirt: null,
-          powerState: null,
-          occurredMicros: takenMicros,
-          delayedMs: 0,
-          snapshot,
-          instanceUuids: domains.map((domain) => domain.uuid),
-        }),
-      );
-      await this.#options.outbox.append(messages);
-      this.#options.metrics.resyncs.inc({ reason });
-      this.#options.logger.info(
-        { reason, domains: domains.length, snapshot: snapshot.id },
-        'snapshot published',
-      );
+        domains: domains.length,
+        withheld: domains.length - described.length,
+        snapshot: snapshot.id,
+      },
+      'snapshot published',
+    );
+  }
+
+  /**
+   * Lists the domains and tells which of them no `sync` may describe: those whose STOPPED is held at
+   * any moment from the start of the listing until every event that preceded the listing's reply has
+   * been accepted. A listed SHUTOFF of a guest inside a reboot window (destroy, then start within the
+   * delay) would otherwise reach the consumer as Nova's "shut down by itself" → stop, and the STARTED
+   * that follows would meet a stop or force_stop. The held STOPPED speaks for the domain instead:
+   * released, it is published as `stopped`; cancelled, the cancelling event is.
+   *
+   * libvirt's client hands an event to its callback before the reply to a later call on the same
+   * connection, but the native queue reaches JavaScript asynchronously: the events still queued when
+   * the reply is in are taken here (one loop turn later, so libvirt's event-loop thread has had its
+   * turn too) and accepted before deciding. Their messages, like those of any event accepted while
+   * the listing ran, go out after the snapshot, as they always did.
+   */
+  async #listDomains(
+    connection: NativeConnection,
+  ): Promise<{ domains: DomainInfo[]; withheld: ReadonlySet<string> }> {
+    const withheld = new Set(this.#delayed.heldUuids());
+    this.#heldDuringListing = withheld;
+    try {
+      const domains = await connection.listAllDomains();
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      const queued = this.#options.takeQueued?.() ?? [];
+      if (queued.length > 0) {
+        this.#accept(queued);
+        void this.#enqueuePending();
+      }
+      return { domains, withheld };
+    } finally {
+      this.#heldDuringListing = undefined;
     }
   }
 
@@ -231,7 +310,6 @@ export class Dispatcher {
    */
   async shutdown(flush: boolean): Promise<void> {
     this.#stopped = true;
-    this.#flushReleased();
     const held = this.#delayed.takeAll();
     if (held.length > 0) {
       this.#options.metrics.delayedStops.inc(
@@ -241,11 +319,12 @@ export class Dispatcher {
       this.#options.logger.info({ count: held.length, flush }, 'delayed STOPPED events at shutdown');
       // Dropped stops are Nova's Host.cleanup (the next start snapshot repairs them); the events
       // that waited behind them are published either way.
-      const items = held.flatMap(({ item, heldMs, followers }) =>
-        flush ? [{ ...item, delayedMs: heldMs }, ...followers] : followers,
-      );
-      if (items.length > 0) await this.#enqueue(() => this.#publishReady(items));
+      for (const { item, heldMs, followers } of held) {
+        if (flush) this.#pending.push({ ...item, delayedMs: heldMs });
+        this.#pending.push(...followers);
+      }
     }
+    await this.#enqueuePending();
     await this.#lane;
   }
 
@@ -261,12 +340,22 @@ export class Dispatcher {
     const connection = this.#options.connection();
     const resolved: Ready[] = [];
     for (const item of items) {
-      resolved.push(
-        item.delayedMs === -1
-          ? { ...item, transition: await migratedTransition(connection, item.uuid), delayedMs: 0 }
-          : item,
-      );
+      if (item.delayedMs !== -1) {
+        resolved.push(item);
+        continue;
+      }
+      const transition = await migratedTransition(connection, item.uuid);
+      if (transition === null) {
+        // Nova's callback raises out of its job query and queues nothing: neither do we.
+        this.#options.logger.warn(
+          { uuid: item.uuid, name: item.name, connected: connection !== undefined },
+          'SUSPENDED/MIGRATED whose migration job could not be read: not published, as Nova',
+        );
+        continue;
+      }
+      resolved.push({ ...item, transition, delayedMs: 0 });
     }
+    if (resolved.length === 0) return;
     const states = await samplePowerStates(connection, [...new Set(resolved.map((item) => item.uuid))]);
     const messages = resolved.map((item) =>
       this.#message({

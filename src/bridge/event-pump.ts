@@ -20,6 +20,9 @@ export class EventPump {
   #running = false;
   #again = false;
   #idle: Promise<void> = Promise.resolve();
+  /** Closes and drops met by takeQueued(), left for the pump to handle in its own order. */
+  #takenCloses: RawCloseEvent[] = [];
+  #takenOverflow = 0;
 
   constructor(
     private readonly binding: NativeBinding,
@@ -35,6 +38,31 @@ export class EventPump {
     }
     this.#idle = this.#run();
   };
+
+  /**
+   * Drains every queued event now, synchronously, for a caller that must account for them before it
+   * goes on (a snapshot, right after its listing: Dispatcher). The closes and drops that drain meets
+   * are left to the pump's own loop, which handles them on its next run (woken here), after the
+   * events taken here have been handed over.
+   */
+  takeQueued(): RawDomainEvent[] {
+    let drained: ReturnType<NativeBinding['drain']>;
+    try {
+      drained = this.binding.drain();
+    } catch (error) {
+      // No loop started from this thread (an embedding that drives the addon elsewhere): the pump
+      // cannot drain either, so there is nothing queued that this process would see.
+      this.logger.debug({ err: error }, 'takeQueued: the native queue cannot be drained here');
+      return [];
+    }
+    const { events, closes, overflowed } = drained;
+    if (closes.length > 0 || overflowed > 0) {
+      this.#takenCloses.push(...closes);
+      this.#takenOverflow += overflowed;
+      setImmediate(this.wake);
+    }
+    return events;
+  }
 
   /** Resolves when everything drained so far has been dispatched. */
   settled(): Promise<void> {
@@ -52,7 +80,13 @@ export class EventPump {
       do {
         this.#again = false;
         for (;;) {
-          const { events, closes, overflowed } = this.binding.drain(CHUNK);
+          const drained = this.binding.drain(CHUNK);
+          const { events } = drained;
+          // What takeQueued() met came before anything drained now.
+          const closes = this.#takenCloses.concat(drained.closes);
+          const overflowed = this.#takenOverflow + drained.overflowed;
+          this.#takenCloses = [];
+          this.#takenOverflow = 0;
           if (overflowed > 0) {
             this.logger.warn(
               { dropped: overflowed },

@@ -255,7 +255,7 @@ export class JournalOutbox implements Outbox {
     this.#sync = options.sync ?? true;
     this.#logger = options.logger;
 
-    fs.mkdirSync(this.dir, { recursive: true });
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     this.#releaseLock = acquireLock(this.dir);
     this.#dirFd = -1;
     try {
@@ -584,7 +584,7 @@ export class JournalOutbox implements Outbox {
   /** Seals the active segment (already durable) and starts a new one at firstId. */
   async #roll(firstId: number): Promise<Segment> {
     const path = join(this.dir, segmentName(firstId));
-    const fd = await openAsync(path, 'w+', 0o644);
+    const fd = await openAsync(path, 'w+', 0o600);
     try {
       await writeFully(fd, encodeSegmentHeader(firstId, Date.now()), SEGMENT_HEADER_BYTES, 0);
       if (this.#sync) {
@@ -717,7 +717,7 @@ export class JournalOutbox implements Outbox {
   /** Replaces acks.log by a file holding only `frame` (write, fsync, rename, fsync the directory). */
   async #compactAcks(frame: Buffer): Promise<void> {
     const temporary = join(this.dir, `${ACKS_FILE}.tmp`);
-    const fd = await openAsync(temporary, 'w+', 0o644);
+    const fd = await openAsync(temporary, 'w+', 0o600);
     try {
       await writeFully(fd, frame, frame.length, 0);
       if (this.#sync) await fdatasyncAsync(fd);
@@ -737,7 +737,7 @@ export class JournalOutbox implements Outbox {
   #rewriteAcks(): { fd: number; size: number } {
     const frame = this.#checkpointFrame();
     const temporary = join(this.dir, `${ACKS_FILE}.tmp`);
-    const fd = fs.openSync(temporary, 'w+', 0o644);
+    const fd = fs.openSync(temporary, 'w+', 0o600);
     try {
       writeFullySync(fd, frame, 0);
       if (this.#sync) fs.fdatasyncSync(fd);
@@ -1066,7 +1066,7 @@ export class JournalOutbox implements Outbox {
         last.fd = -1;
       }
       const path = join(this.dir, segmentName(nextId));
-      const fd = fs.openSync(path, 'w+', 0o644);
+      const fd = fs.openSync(path, 'w+', 0o600);
       writeFullySync(fd, encodeSegmentHeader(nextId, Date.now()), 0);
       if (this.#sync) fs.fdatasyncSync(fd);
       segments.push({

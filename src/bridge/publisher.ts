@@ -6,11 +6,11 @@
  * seq), so nothing accepted is lost. Reopening after a nack (or a channel that closed on its own)
  * backs off exponentially, so a queue that keeps rejecting (x-overflow: reject-publish) or a
  * persistent broker error is not a hot loop of duplicates into the other bound queues. Topology is
- * declared on every (re)connect.
+ * declared (or, with declareTopology false, checked passively) on every (re)connect.
  */
 import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
 import type { AmqpConnection } from '../amqp/connection';
-import { assertTopology, type Topology } from '../amqp/topology';
+import { MissingTopologyError, prepareTopology, type Topology } from '../amqp/topology';
 import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
 import { APP_ID } from '../messages/lifecycle';
@@ -21,6 +21,8 @@ export interface PublisherOptions {
   readonly connection: AmqpConnection;
   readonly outbox: Outbox;
   readonly topology: Topology;
+  /** false: check the topology passively instead of declaring it (a bridge configures nothing shared). Default true. */
+  readonly declareTopology?: boolean;
   readonly maxInFlight: number;
   readonly metrics: BridgeMetrics;
   readonly logger: Logger;
@@ -98,12 +100,21 @@ export class Publisher {
     let channel: ConfirmChannel;
     try {
       channel = await model.createConfirmChannel();
-      await assertTopology(channel, topology);
+      await prepareTopology(channel, topology, this.#options.declareTopology ?? true);
     } catch (error) {
       // A setup that started on a connection which dropped meanwhile fails too; resetting then would
       // close the newer, healthy connection (whose own 'up' opens the channel).
       if (this.#options.connection.model !== model) {
         logger.info({ err: error }, 'publishing channel setup failed on a connection that is gone; ignored');
+        return;
+      }
+      if (error instanceof MissingTopologyError) {
+        // The connection is fine; what is missing is the operator's to create: check again later.
+        logger.error(
+          { err: error },
+          'the lifecycle topology is missing; nothing is published until it exists',
+        );
+        this.#scheduleReopen(2000);
         return;
       }
       logger.error(
@@ -226,6 +237,8 @@ export class Publisher {
       {
         persistent: true,
         mandatory: true,
+        // The broker checks user_id equals this connection's user: consumers verify the sender by it.
+        ...(this.#options.connection.user ? { userId: this.#options.connection.user } : {}),
         contentType: 'application/json',
         contentEncoding: 'utf-8',
         messageId: record.messageId,

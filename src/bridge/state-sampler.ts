@@ -9,7 +9,13 @@ import { powerStateOf } from '../libvirt/power-state';
 import type { PowerStateCode } from '../libvirt/constants';
 import { LibvirtErrorCode } from '../libvirt/constants';
 import { isLibvirtError } from '../native/binding';
-import { jobTypeFromQuery, resolveNoneJob, transitionForJob, type Transition } from '../libvirt/translate';
+import {
+  jobTypeFromQuery,
+  resolveNoneJob,
+  transitionForJob,
+  type JobQueryError,
+  type Transition,
+} from '../libvirt/translate';
 import { JobType } from '../libvirt/constants';
 
 /** Above this many distinct domains one listing is cheaper than per-domain lookups. */
@@ -45,28 +51,25 @@ export async function samplePowerStates(
   return result;
 }
 
-/** Nova's SUSPENDED_MIGRATED decision: migration_completed only when the job completed. */
+/**
+ * Nova's SUSPENDED_MIGRATED decision: migration_completed only when the job completed, paused
+ * otherwise — or null when Nova's callback would queue nothing: its job query (get_job_info) re-raises
+ * an unexpected libvirt error out of the callback. Without a connection the query cannot be made
+ * either, so that is null too; the reconnect snapshot that follows every lost connection carries
+ * the state instead.
+ */
 export async function migratedTransition(
   connection: NativeConnection | undefined,
   uuid: string,
-): Promise<Transition> {
-  if (!connection) return 'paused';
-  let jobType: number;
+): Promise<Transition | null> {
+  if (!connection) return null;
+  let jobType: number | null;
   try {
     jobType = jobTypeFromQuery({ jobType: await connection.jobType(uuid) });
   } catch (error) {
-    if (!isLibvirtError(error)) jobType = jobTypeFromQuery({ error: 'other' });
-    else if (error.libvirtCode === LibvirtErrorCode.NO_DOMAIN)
-      jobType = jobTypeFromQuery({ error: 'no-domain' });
-    else if (error.libvirtCode === LibvirtErrorCode.OPERATION_INVALID) {
-      jobType = jobTypeFromQuery({ error: 'operation-invalid' });
-    } else if (
-      error.libvirtCode === LibvirtErrorCode.INTERNAL_ERROR &&
-      error.message.includes('migration was active, but no RAM info was set')
-    ) {
-      jobType = jobTypeFromQuery({ error: 'no-ram-info' });
-    } else jobType = jobTypeFromQuery({ error: 'other' });
+    jobType = jobTypeFromQuery({ error: jobQueryError(error) });
   }
+  if (jobType === null) return null;
   if (jobType === JobType.NONE) {
     let active: boolean | 'no-domain' | 'error';
     try {
@@ -78,4 +81,17 @@ export async function migratedTransition(
     jobType = resolveNoneJob(active);
   }
   return transitionForJob(jobType);
+}
+
+/** How virDomainGetJobStats failed, in the classes Nova's get_job_info tells apart. */
+function jobQueryError(error: unknown): JobQueryError {
+  if (!isLibvirtError(error)) return 'other';
+  if (error.libvirtCode === LibvirtErrorCode.NO_DOMAIN) return 'no-domain';
+  if (error.libvirtCode === LibvirtErrorCode.OPERATION_INVALID) return 'operation-invalid';
+  if (
+    error.libvirtCode === LibvirtErrorCode.INTERNAL_ERROR &&
+    error.message.includes('migration was active, but no RAM info was set')
+  )
+    return 'no-ram-info';
+  return 'other';
 }

@@ -135,31 +135,5 @@ export function loadConfig(options: LoadOptions = {}): VirtbusConfig {
   return { ...properties, metrics: { ...properties.metrics, port } };
 }
 
-/** Replaces secrets by a mask; in URLs only the password part is masked so the host stays visible. */
-export function redactValue(value: unknown): unknown {
-  if (typeof value !== 'string' || value === '') return value;
-  const masked = value.split(',').map((part) => {
-    try {
-      const url = new URL(part.trim());
-      if (url.password) url.password = '*****';
-      return url.toString().replace(/\/$/, part.trim().endsWith('/') ? '/' : '');
-    } catch {
-      return '*****';
-    }
-  });
-  return masked.join(',');
-}
-
-/** The effective configuration with every sensitive key redacted, for `virtbus config` and logs. */
-export function redactedConfig(config: VirtbusConfig): unknown {
-  const copy = structuredClone(config) as unknown as Record<string, Record<string, unknown>>;
-  for (const [key, leaf] of schemaLeaves()) {
-    if (!leaf.sensitive) continue;
-    const path = key.split('.');
-    let node: Record<string, unknown> | undefined = copy;
-    for (const part of path.slice(0, -1)) node = node?.[part] as Record<string, unknown> | undefined;
-    const last = path[path.length - 1];
-    if (node && last !== undefined && last in node) node[last] = redactValue(node[last]);
-  }
-  return copy;
-}
+// Redaction has its own module (no convict there); re-exported for existing importers.
+export { redactedConfig, redactValue } from './redact';

@@ -87,7 +87,36 @@ const positiveInt = {
   coerce: (value: unknown): unknown => (typeof value === 'string' && value !== '' ? Number(value) : value),
 };
 
-export const customFormats = [stringList, optionalPort, amqpUrls, dbUrl, amqpName, positiveInt];
+/** consumer.prefetch: bounded, because every unacknowledged message (up to consumer.maxMessageBytes each) is held in memory. */
+export const MAX_PREFETCH = 1000;
+const prefetch = {
+  name: 'prefetch',
+  validate(value: unknown): void {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_PREFETCH)
+      throw new Error(`must be an integer from 1 to ${MAX_PREFETCH}`);
+  },
+  coerce: positiveInt.coerce,
+};
+
+/** consumer.senders.userTemplate: a broker user name pattern that names the host ({segment}). */
+const senderUserTemplate = {
+  name: 'sender-user-template',
+  validate(value: unknown): void {
+    if (typeof value !== 'string' || !value.includes('{segment}'))
+      throw new Error('must contain {segment} (each host publishes as its own broker user)');
+  },
+};
+
+export const customFormats = [
+  stringList,
+  optionalPort,
+  amqpUrls,
+  dbUrl,
+  amqpName,
+  positiveInt,
+  prefetch,
+  senderUserTemplate,
+];
 
 export const schema = {
   host: {
@@ -182,6 +211,12 @@ export const schema = {
       sensitive: true,
       env: 'VIRTBUS_AMQP_URL',
       arg: 'amqp-url',
+    },
+    user: {
+      doc: "Broker user name this process authenticates as, sent as the AMQP user_id of what it publishes (the broker refuses a user_id that is not the connection's user, so receivers can trust it). Empty: the user named in amqp.url, or guest when the URL names none (the client's default). Set it when authenticating by client certificate (EXTERNAL): the certificate's user name.",
+      format: String,
+      default: '',
+      env: 'VIRTBUS_AMQP_USER',
     },
     exchange: {
       doc: 'Topic exchange lifecycle messages are published to (durable).',
@@ -292,6 +327,12 @@ export const schema = {
       default: 600,
       env: 'VIRTBUS_RESYNC_INTERVAL',
     },
+    declareTopology: {
+      doc: "Declare the lifecycle, unroutable and command exchanges, the unroutable queue and this host's command queue and binding (development, a bare vhost). false (production): configure nothing shared, check them passively and name what is missing; the broker definitions create them (docs/security.md).",
+      format: Boolean,
+      default: false,
+      env: 'VIRTBUS_BRIDGE_DECLARE_TOPOLOGY',
+    },
     shutdownTimeoutMs: {
       doc: 'On SIGTERM/SIGINT, the bound of the whole graceful shutdown: running stop commands, dispatching the queued events and the outstanding broker confirms. What is unconfirmed then stays in the journal; running commands are redelivered.',
       format: 'nat',
@@ -350,10 +391,22 @@ export const schema = {
         env: 'VIRTBUS_GRACEFUL_SHUTDOWN_TIMEOUT_MS',
       },
       destroyOnTimeout: {
-        doc: 'When a graceful shutdown of a stop (not force_stop) times out, destroy the domain (Nova powers off hard after its timeout).',
+        doc: "A stop (not force_stop) destroys a domain that is not shut off after the graceful shutdown: one that ignored it until the timeout, one still shutting down or crashed (Nova's power_off always destroys). false: a stop never destroys and answers failed.",
         format: Boolean,
         default: true,
         env: 'VIRTBUS_DESTROY_ON_TIMEOUT',
+      },
+      trustedUser: {
+        doc: "The broker user whose commands this bridge executes: a command runs only when its AMQP user_id (verified by the broker) is this user and its host is this bridge's host; any other is counted, logged and dead-lettered. The consumer's broker user.",
+        format: 'amqp-name',
+        default: 'virtbus-consumer',
+        env: 'VIRTBUS_COMMANDS_TRUSTED_USER',
+      },
+      maxExpiryMs: {
+        doc: 'Expiry horizon: a command whose expires_at is further ahead than this is answered refused, not executed. Executed command ids are remembered until their expiry (in bridge.outbox.dir/executed-commands.jsonl, across restarts), so a replay is never executed again.',
+        format: 'positive-int',
+        default: 600000,
+        env: 'VIRTBUS_COMMANDS_MAX_EXPIRY_MS',
       },
     },
   },
@@ -384,9 +437,9 @@ export const schema = {
       env: 'VIRTBUS_CONSUMER_HOSTS',
     },
     prefetch: {
-      doc: 'Unacknowledged messages the broker may deliver to this consumer at once (applied in batches; a deep window hides the broker round trips).',
-      format: 'positive-int',
-      default: 2000,
+      doc: 'Unacknowledged messages the broker may deliver to this consumer at once (applied in batches; a deep window hides the broker round trips). At most 1000: the consumer may hold prefetch × consumer.maxMessageBytes in memory.',
+      format: 'prefetch',
+      default: 1000,
       env: 'VIRTBUS_CONSUMER_PREFETCH',
     },
     deliveryLimit: {
@@ -414,6 +467,18 @@ export const schema = {
       env: 'VIRTBUS_CONSUMER_MODE',
       arg: 'mode',
     },
+    followMigrations: {
+      doc: "Move a row to the host a guest live-migrated to once both hosts agree (the destination reports started/resumed with detail migrated or lists it running, the row's host reports migration_completed, stopped migrated or a snapshot without it); while only one host's word is in, record power states but never stop the guest. Observe mode follows migrations too (it moves the row, never commands). false: rows never change host (something else moves instance.host, as Nova's own post-migration step does).",
+      format: Boolean,
+      default: true,
+      env: 'VIRTBUS_CONSUMER_FOLLOW_MIGRATIONS',
+    },
+    migrationWindowMs: {
+      doc: "How long one host's word about a live migration is kept waiting for the other's; until then the row gets no stop or force_stop. After it, a migration that never completed is forgotten and the row is synced normally again.",
+      format: 'positive-int',
+      default: 600000,
+      env: 'VIRTBUS_CONSUMER_MIGRATION_WINDOW_MS',
+    },
     stopTimeoutMs: {
       doc: "How long the consumer waits for a stop command's outcome before clearing task_state and recording the timeout.",
       format: 'positive-int',
@@ -437,6 +502,26 @@ export const schema = {
       format: 'positive-int',
       default: 300000,
       env: 'VIRTBUS_CONSUMER_MAX_FUTURE_SKEW_MS',
+    },
+    maxMessageBytes: {
+      doc: 'Largest message body the consumer reads: a bigger one is dead-lettered (reason "body too large", only its first KiB kept) before it is decoded. Keep it at or below the broker\'s max_message_size.',
+      format: 'positive-int',
+      default: 1048576,
+      env: 'VIRTBUS_CONSUMER_MAX_MESSAGE_BYTES',
+    },
+    senders: {
+      mode: {
+        doc: "Sender verification of lifecycle messages and stop results: strict (the body's host must match the routing key's host segment and the broker-verified user_id must be that host's user; a message without user_id is dead-lettered), routing-key (only the routing key is checked), off (nothing is checked; tests and single-host labs). See docs/consumer.md.",
+        format: ['strict', 'routing-key', 'off'],
+        default: 'strict',
+        env: 'VIRTBUS_CONSUMER_SENDERS',
+      },
+      userTemplate: {
+        doc: "Broker user each host's bridge publishes as, in strict mode: {segment} is replaced by the host's routing-key segment (e.g. bridge-{segment}).",
+        format: 'sender-user-template',
+        default: '{segment}',
+        env: 'VIRTBUS_CONSUMER_SENDER_USER_TEMPLATE',
+      },
     },
     shutdownTimeoutMs: {
       doc: 'On SIGTERM/SIGINT, how long to wait for messages being processed before closing (unfinished ones are redelivered).',

@@ -15,17 +15,36 @@
  * metrics, notifications, stop commands — happens before its row is committed. Every applied
  * lifecycle message records its position (occurred_at, boot_id, seq) in the row; a message that is
  * not newer than that is ignored, which makes redelivery and reordering harmless.
+ *
+ * The round machinery (compare-and-swap, retries, error isolation) lives in rounds.ts and the end of
+ * a stop command (its result, its timeout) in stop-results.ts; this file keeps Nova's decisions.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import { PowerState } from '../libvirt/constants';
 import { COMMAND_SCHEMA, newCommandId, type CommandAction, type StopCommand } from '../messages/command';
 import type { Notifier } from '../notify/notifier';
-import type { InstanceRow, InstanceStore, RowWrite } from '../store/types';
+import type { InstanceRow, InstanceStore } from '../store/types';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros, parseIsoMicros } from '../util/time';
 import type { ConsumerMetrics, MessageOutcome, SyncAction } from './metrics';
+import { MigrationFollower } from './follow';
 import { expectedPowerState, stopPrecondition, stopRefusal, syncBranch } from './nova';
+import { isNotNewer } from './position';
+import {
+  ShutdownAbort,
+  asError,
+  direct,
+  joinPublished,
+  runRounds,
+  type Decision,
+  type StoreRunner,
+  type Task,
+  type TaskResult,
+} from './rounds';
+import { expiryTask, resultTask, type StopContext } from './stop-results';
 import type { CommandResultIn, LifecycleEventIn } from './validate';
+
+export { ShutdownAbort, type StoreRunner } from './rounds';
+export { isNotNewer } from './position';
 
 export type ConsumerMode = 'nova' | 'observe';
 
@@ -41,7 +60,13 @@ export interface HandlerOptions {
   readonly logger: Logger;
   /** Clock in epoch microseconds (tests). */
   readonly now?: () => number;
+  /** consumer.followMigrations (default true): rows follow live migrations both hosts agree on. */
+  readonly followMigrations?: boolean;
+  /** consumer.migrationWindowMs (default 600000): how long one host's word waits for the other's. */
+  readonly migrationWindowMs?: number;
 }
+
+const DEFAULT_MIGRATION_WINDOW_MS = 600_000;
 
 /** A message for the handler: a validated lifecycle event or stop-command result. */
 export type WorkItem =
@@ -57,86 +82,36 @@ export type ItemResult =
   | { readonly ok: true; readonly outcome: MessageOutcome; readonly published: Promise<void> | undefined }
   | { readonly ok: false; readonly error: Error };
 
-/**
- * Runs one store call; the consumer passes a runner that waits out database outages and retries the
- * call (a failed call wrote nothing, so it is decided again from scratch).
- */
-export type StoreRunner = <T>(call: () => Promise<T>) => Promise<T>;
-
-/**
- * Lost compare-and-swap races are retried, after a short randomised backoff that grows to
- * CAS_BACKOFF_MAX_MS (so racing consumers or a busy operator stop colliding), for as long as
- * CAS_BUDGET_MS; only a row that keeps changing for that long fails its messages (dead-lettered).
- */
-const CAS_BACKOFF_MAX_MS = 20;
-const CAS_BUDGET_MS = 30_000;
-
 /** sync_end candidates and expired commands per store round. */
 const ROUND_ROWS = 500;
-
-const SUCCESS_OUTCOMES = new Set(['stopped', 'already_stopped']);
-
-/**
- * True when the row already reflects this message or a newer one (occurred_at, then boot_id/seq).
- * The position is set by applied lifecycle messages (their occurred_at, boot_id, seq) and by
- * successful stop results (the bridge's finished_at, with no boot_id/seq: a result has none).
- */
-export function isNotNewer(event: LifecycleEventIn, row: InstanceRow): boolean {
-  if (row.event_at_us === null) return false;
-  if (event.occurredUs !== row.event_at_us) return event.occurredUs < row.event_at_us;
-  // The same microsecond: within one bridge process seq orders; across processes (or against a
-  // stop result's position, which has no boot_id) treat as new.
-  return event.bootId === row.event_boot_id && event.seq <= (row.event_seq ?? -1);
-}
-
-class CasExhausted extends Error {
-  override readonly name = 'CasExhausted';
-}
-
-/** Thrown by a store runner when the consumer is shutting down: the batch ends unacknowledged. */
-export class ShutdownAbort extends Error {
-  override readonly name = 'ShutdownAbort';
-}
-
-/** What one message does to its row, decided on the row as it stands. */
-interface Decision {
-  readonly outcome: MessageOutcome;
-  /** The row after this message, when the message changes it. */
-  readonly next?: InstanceRow;
-  /** After the commit: logs, metrics, notifications, the command; a promise while publishing. */
-  readonly effects?: () => Promise<void> | undefined;
-}
-
-/** One decision to take on one row, within a store round. */
-interface Task {
-  readonly uuid: string;
-  decide(row: InstanceRow | undefined): Decision;
-}
-
-type TaskResult =
-  | { readonly ok: true; readonly decision: Decision; readonly published: Promise<void> | undefined }
-  | { readonly ok: false; readonly error: Error };
-
-const direct: StoreRunner = (call) => call();
-
-function asError(error: unknown): Error {
-  return error instanceof Error ? error : new Error(String(error));
-}
-
-function joinPublished(promises: ReadonlyArray<Promise<void> | undefined>): Promise<void> | undefined {
-  const pending = promises.filter((promise): promise is Promise<void> => promise !== undefined);
-  if (pending.length === 0) return undefined;
-  if (pending.length === 1) return pending[0];
-  return Promise.all(pending).then(() => undefined);
-}
 
 export class LifecycleHandler {
   readonly #options: HandlerOptions;
   readonly #now: () => number;
+  readonly #stopContext: StopContext;
+  /** Live-migration following; undefined when consumer.followMigrations is off. */
+  readonly #follow: MigrationFollower | undefined;
 
   constructor(options: HandlerOptions) {
     this.#options = options;
     this.#now = options.now ?? nowMicros;
+    this.#follow =
+      (options.followMigrations ?? true)
+        ? new MigrationFollower({
+            logger: options.logger,
+            metrics: options.metrics,
+            notifier: options.notifier,
+            now: this.#now,
+            windowMs: options.migrationWindowMs ?? DEFAULT_MIGRATION_WINDOW_MS,
+          })
+        : undefined;
+    this.#stopContext = {
+      logger: options.logger,
+      metrics: options.metrics,
+      notifier: options.notifier,
+      stopTimeoutMs: options.stopTimeoutMs,
+      now: this.#now,
+    };
   }
 
   /**
@@ -201,91 +176,8 @@ export class LifecycleHandler {
     return result.outcome;
   }
 
-  /**
-   * Store rounds until every task is decided on a row its write did not lose: each round reads the
-   * rows of the pending tasks, decides their tasks in order (chaining the tasks of one row), writes
-   * each changed row once, then — committed — runs the effects of the rows it wrote and of the
-   * decisions that wrote nothing. Rows that lost their compare-and-swap go round again. A round that
-   * fails on a database that answers is split, task by task, so only the culprit fails.
-   */
-  async #rounds(tasks: readonly Task[], run: StoreRunner): Promise<TaskResult[]> {
-    const results: TaskResult[] = new Array<TaskResult>(tasks.length);
-    let pending: number[] = tasks.map((_, index) => index);
-    const deadline = Date.now() + CAS_BUDGET_MS;
-    let attempt = 0;
-    while (pending.length > 0) {
-      attempt += 1;
-      if (attempt > 1) {
-        if (Date.now() >= deadline) break;
-        // Lost races: let the other writer finish before reading the rows again.
-        if (attempt > 2) await sleep(Math.random() * Math.min(CAS_BACKOFF_MAX_MS, 2 ** (attempt - 2)));
-      }
-      const byUuid = new Map<string, number[]>();
-      for (const index of pending) {
-        const uuid = (tasks[index] as Task).uuid;
-        const list = byUuid.get(uuid);
-        if (list) list.push(index);
-        else byUuid.set(uuid, [index]);
-      }
-      const decisions = new Map<number, Decision>();
-      let lost: ReadonlySet<string>;
-      try {
-        lost = await run(() =>
-          this.#options.store.apply([...byUuid.keys()], (rows) => {
-            decisions.clear();
-            const writes: RowWrite[] = [];
-            for (const [uuid, indexes] of byUuid) {
-              const original = rows.get(uuid);
-              let current = original;
-              for (const index of indexes) {
-                const decision = (tasks[index] as Task).decide(current);
-                decisions.set(index, decision);
-                if (decision.next) current = decision.next;
-              }
-              if (original && current && current !== original)
-                writes.push({
-                  row: { ...current, version: original.version + 1 },
-                  expected: original.version,
-                });
-            }
-            return writes;
-          }),
-        );
-      } catch (error) {
-        if (error instanceof ShutdownAbort) throw error;
-        if (pending.length === 1) {
-          results[pending[0] as number] = { ok: false, error: asError(error) };
-          return results;
-        }
-        // Decide each task on its own, in order, so that one bad message fails alone.
-        for (const index of pending) {
-          const [single] = await this.#rounds([tasks[index] as Task], run);
-          results[index] = single as TaskResult;
-        }
-        return results;
-      }
-      const retry: number[] = [];
-      for (const index of pending) {
-        if (lost.has((tasks[index] as Task).uuid)) {
-          retry.push(index);
-          continue;
-        }
-        const decision = decisions.get(index) as Decision;
-        results[index] = { ok: true, decision, published: decision.effects?.() };
-      }
-      if (lost.size > 0) this.#options.metrics.casRetries.inc(lost.size);
-      pending = retry;
-    }
-    for (const index of pending) {
-      const uuid = (tasks[index] as Task).uuid;
-      results[index] = {
-        ok: false,
-        error: new CasExhausted(
-          `instance ${uuid}: lost ${attempt - 1} compare-and-swap races in a row over ${CAS_BUDGET_MS} ms`,
-        ),
-      };
-    }
-    return results;
+  #rounds(tasks: readonly Task[], run: StoreRunner): Promise<TaskResult[]> {
+    return runRounds(this.#options.store, this.#options.metrics, tasks, run);
   }
 
   /**
@@ -324,6 +216,24 @@ export class LifecycleHandler {
           return undefined;
         },
       };
+    let current = row;
+    if (this.#follow) {
+      const step = this.#follow.step(event, row);
+      if ('outcome' in step) return step;
+      current = step.row;
+    }
+    return this.#novaSync(event, current, uuid, vmPowerState, periodic);
+  }
+
+  /** handle_lifecycle_event / the periodic sync from the ordering check on (Nova's own steps). */
+  #novaSync(
+    event: LifecycleEventIn,
+    row: InstanceRow,
+    uuid: string,
+    vmPowerState: number | null,
+    periodic: boolean,
+  ): Decision {
+    const { logger } = this.#options;
     if (isNotNewer(event, row)) return { outcome: 'out_of_order' };
     if (vmPowerState === null || (!periodic && event.powerState !== vmPowerState))
       // Staleness guard (bug #1468431): a later event describes the current state.
@@ -397,13 +307,20 @@ export class LifecycleHandler {
             !row ||
             row.host !== event.host ||
             row.vm_state === 'deleted' ||
-            row.task_state !== null ||
             parseIsoMicros(row.updated_at) > takenUs ||
             (row.event_at_us !== null && row.event_at_us > takenUs) ||
             isNotNewer(event, row)
           )
             return { outcome: 'sync_end' };
-          const decision = this.#applySync(row, event, PowerState.NOSTATE, 'sync_end');
+          let current = row;
+          if (this.#follow) {
+            // The host's snapshot without the guest is its word that the guest left.
+            const step = this.#follow.sourceLeft(row);
+            if ('outcome' in step) return step;
+            current = step.row;
+          }
+          if (current.task_state !== null) return { outcome: 'sync_end', next: current };
+          const decision = this.#applySync(current, event, PowerState.NOSTATE, 'sync_end');
           return {
             ...decision,
             effects: () => {
@@ -447,11 +364,18 @@ export class LifecycleHandler {
     let next = afterPower;
     let command: StopCommand | undefined;
     let refusal: string | null = null;
+    let withheld = false;
     if (branch.action === 'stop' || branch.action === 'force_stop') {
       const action: CommandAction = branch.action;
       refusal = action === 'stop' ? stopRefusal(afterPower) : null;
       if (refusal) {
         actions.push('stop_not_allowed');
+      } else if (row.migration !== null) {
+        // A live migration is in evidence: Nova does not act on an instance whose task_state is
+        // 'migrating'; the power state is recorded, the stop withheld.
+        withheld = true;
+        next = { ...afterPower, last_action: `withheld_${action}`, last_action_at: nowIso };
+        actions.push('migration_stop_withheld');
       } else if (mode === 'nova') {
         const ttlMs = Math.max(1, Math.floor(stopTimeoutMs / 2));
         const precondition = stopPrecondition(branch.branch);
@@ -470,6 +394,7 @@ export class LifecycleHandler {
           ...afterPower,
           task_state: 'powering-off',
           pending_command_id: command.command_id,
+          pending_command_host: command.host,
           pending_action: action,
           command_deadline_ms: Math.floor(now / 1000) + stopTimeoutMs,
           last_action: action,
@@ -497,10 +422,15 @@ export class LifecycleHandler {
         branch: branch.branch,
         transition: event.transition,
       });
-      if (refusal || command || branch.message) {
+      if (refusal || withheld || command || branch.message) {
         const context = logContext();
         if (refusal)
           logger.warn({ ...context, reason: refusal }, `${branch.message} The stop API refused: ${refusal}`);
+        else if (withheld)
+          logger.warn(
+            { ...context, migration: row.migration },
+            `${branch.message} Withheld: a live migration of this instance is in evidence.`,
+          );
         else if (command)
           logger.warn({ ...context, command: command.command_id, action: command.action }, branch.message);
         else if (branch.action === 'stop' || branch.action === 'force_stop')
@@ -535,128 +465,28 @@ export class LifecycleHandler {
     }
   }
 
-  /**
-   * A stop command's outcome from the bridge (Nova's stop_instance on the compute host): stopped or
-   * already_stopped → vm_state stopped, task cleared, power_state from the bridge's live reading,
-   * and the bridge's finished_at becomes the row's event position (when newer); otherwise the task
-   * is cleared and the reason recorded (Nova's reverts_task_state).
-   */
+  /** A stop command's result (stop-results.ts). */
   #resultTask(result: CommandResultIn): Task {
-    const { logger, metrics } = this.#options;
-    return {
-      uuid: result.instanceUuid,
-      decide: (row) => {
-        // Only a row still in this stop takes its result: an operator (or anything else) that moved
-        // task_state on took the row out of it, and the result must not mark it stopped.
-        if (!row || row.pending_command_id !== result.commandId || row.task_state !== 'powering-off')
-          return {
-            outcome: 'late_result',
-            effects: () => {
-              logger.info(
-                {
-                  uuid: result.instanceUuid,
-                  command: result.commandId,
-                  outcome: result.outcome,
-                  task_state: row?.task_state,
-                },
-                'result for a stop command that is no longer pending (timed out, superseded or task_state changed); ignored',
-              );
-              return undefined;
-            },
-          };
-        const nowIso = isoMicros(this.#now());
-        const success = SUCCESS_OUTCOMES.has(result.outcome);
-        // A successful stop is a point in the domain's history: lifecycle events sampled before it
-        // finished (on another queue, so possibly processed after this result) are out of order.
-        const advance =
-          success &&
-          result.finishedUs !== null &&
-          (row.event_at_us === null || result.finishedUs > row.event_at_us);
-        const next: InstanceRow = {
-          ...row,
-          ...(advance ? { event_at_us: result.finishedUs, event_boot_id: null, event_seq: null } : {}),
-          vm_state: success ? 'stopped' : row.vm_state,
-          task_state: null,
-          power_state: result.powerState ?? row.power_state,
-          pending_command_id: null,
-          pending_action: null,
-          command_deadline_ms: null,
-          last_action: `${result.action}_${success ? 'completed' : result.outcome}`,
-          last_action_at: nowIso,
-          last_error: success ? null : `${result.outcome}: ${result.error ?? 'no detail'}`,
-          updated_at: nowIso,
-        };
-        return {
-          outcome: 'command_result',
-          next,
-          effects: () => {
-            metrics.syncActions.inc({ action: success ? 'stop_completed' : 'stop_failed' });
-            const context = {
-              uuid: row.uuid,
-              command: result.commandId,
-              action: result.action,
-              outcome: result.outcome,
-              method: result.method,
-              power_state: next.power_state,
-            };
-            if (success) logger.info(context, 'stop command completed; instance stopped');
-            else
-              logger.warn(
-                { ...context, error: result.error },
-                'stop command did not stop the instance; task cleared',
-              );
-            return this.#options.notifier.instanceUpdates(row, [next]);
-          },
-        };
-      },
-    };
+    return resultTask(this.#stopContext, result);
   }
 
   /** Clears stop commands that passed their deadline without a result; returns how many. */
   async expireCommands(run: StoreRunner = direct): Promise<number> {
-    const { store, logger, metrics } = this.#options;
+    const { store } = this.#options;
     const nowMs = Math.floor(this.#now() / 1000);
     const candidates = await run(() => store.expiredCommands(nowMs));
-    let expired = 0;
+    const expired = { count: 0 };
     const published: Array<Promise<void> | undefined> = [];
     for (let start = 0; start < candidates.length; start += ROUND_ROWS) {
-      const tasks = candidates.slice(start, start + ROUND_ROWS).map((candidate): Task => ({
-        uuid: candidate.uuid,
-        decide: (row) => {
-          if (!row || row.pending_command_id !== candidate.pending_command_id) return { outcome: 'synced' };
-          const nowIso = isoMicros(this.#now());
-          const next: InstanceRow = {
-            ...row,
-            task_state: row.task_state === 'powering-off' ? null : row.task_state,
-            pending_command_id: null,
-            pending_action: null,
-            command_deadline_ms: null,
-            last_action: `${row.pending_action ?? 'stop'}_timeout`,
-            last_action_at: nowIso,
-            last_error: `timeout: no result for ${row.pending_action ?? 'stop'} command ${row.pending_command_id} within ${this.#options.stopTimeoutMs} ms`,
-            updated_at: nowIso,
-          };
-          return {
-            outcome: 'synced',
-            next,
-            effects: () => {
-              expired += 1;
-              metrics.syncActions.inc({ action: 'stop_timeout' });
-              logger.warn(
-                { uuid: row.uuid, command: row.pending_command_id, timeoutMs: this.#options.stopTimeoutMs },
-                'stop command timed out; task cleared',
-              );
-              return this.#options.notifier.instanceUpdates(row, [next]);
-            },
-          };
-        },
-      }));
+      const tasks = candidates
+        .slice(start, start + ROUND_ROWS)
+        .map((candidate) => expiryTask(this.#stopContext, candidate, expired));
       for (const result of await this.#rounds(tasks, run)) {
         if (!result.ok) throw result.error;
         published.push(result.published);
       }
     }
     await joinPublished(published);
-    return expired;
+    return expired.count;
   }
 }

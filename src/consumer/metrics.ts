@@ -25,6 +25,10 @@ export type MessageOutcome =
   | 'sync_end'
   /** a stop-command result, applied */
   | 'command_result'
+  /** one host's word about a live migration recorded; the row waits for the other host's */
+  | 'migrating'
+  /** both hosts agreed on a live migration: the row moved to the destination */
+  | 'migrated'
   /** a stop-command result for a command no longer pending (timed out, superseded) */
   | 'late_result'
   /** published to the dead-letter exchange with its reason */
@@ -44,6 +48,9 @@ export type SyncAction =
   | 'vanished'
   | 'stop_completed'
   | 'stop_failed'
+  | 'stop_not_found'
+  | 'migration_followed'
+  | 'migration_stop_withheld'
   | 'stop_timeout'
   | 'command_publish_failed';
 
@@ -62,6 +69,9 @@ export interface ConsumerMetrics {
   readonly casRetries: Counter<string>;
   readonly notifications: Counter<'outcome'>;
   readonly commandsPublished: Counter<'action'>;
+  readonly commandsReturned: Counter<string>;
+  readonly senderRejections: Counter<'reason'>;
+  readonly oversized: Counter<string>;
 }
 
 export function createConsumerMetrics(registry = new Registry()): ConsumerMetrics {
@@ -138,6 +148,22 @@ export function createConsumerMetrics(registry = new Registry()): ConsumerMetric
       name: 'virtbus_stop_commands_total',
       help: 'Stop commands published to the bridges, by action (stop, force_stop).',
       labelNames: ['action'],
+      registers,
+    }),
+    commandsReturned: new Counter({
+      name: 'virtbus_stop_commands_returned_total',
+      help: "Stop commands the broker returned as unroutable (no queue for that host's bridge): each is a publish failure.",
+      registers,
+    }),
+    senderRejections: new Counter({
+      name: 'virtbus_consumer_sender_rejections_total',
+      help: 'Messages dead-lettered because their sender was not verified, by reason (routing_key_mismatch, no_user_id, user_mismatch).',
+      labelNames: ['reason'],
+      registers,
+    }),
+    oversized: new Counter({
+      name: 'virtbus_consumer_oversized_messages_total',
+      help: 'Messages dead-lettered unread because their body exceeded consumer.maxMessageBytes.',
       registers,
     }),
   };

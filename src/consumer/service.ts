@@ -23,19 +23,19 @@
  *   database outage never counts against a quorum queue's delivery limit.
  * - a message that fails on a database that does answer: dead-lettered with the error as reason.
  */
-import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Options } from 'amqplib';
+import type { ChannelModel, ConsumeMessage, Options } from 'amqplib';
 import { EventEmitter } from 'node:events';
 import type { AmqpConnection } from '../amqp/connection';
 import { assertTopology } from '../amqp/topology';
 import type { ReadinessCheck } from '../metrics/server';
-import { commandRoutingKey, type StopCommand } from '../messages/command';
-import { APP_ID } from '../messages/lifecycle';
+import type { StopCommand } from '../messages/command';
 import { Notifier, prepareNotificationExchange, prepareNotificationQueue } from '../notify/notifier';
 import { StoreUnavailableError, type InstanceStore } from '../store/types';
 import { Backoff, cancellableDelay } from '../util/backoff';
 import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
-import { isoMicros, nowMicros } from '../util/time';
+import { nowMicros } from '../util/time';
+import { Acks, type Channels, type Delivery } from './acks';
 import {
   LifecycleHandler,
   ShutdownAbort,
@@ -45,14 +45,22 @@ import {
   type WorkItem,
 } from './handler';
 import type { ConsumerMetrics, MessageOutcome } from './metrics';
+import { deadLetterOptions, publishCommand, publishConfirmed, watchReturns } from './publishing';
+import { verifySender, type SenderPolicy } from './senders';
 import { consumerTopology, type ConsumerTopologySettings } from './topology';
 import { validateCommandResult, validateLifecycle } from './validate';
 
-export const REASON_HEADER = 'x-virtbus-reason';
+export { REASON_HEADER } from './publishing';
+
+/** How much of an oversized body goes to the dead-letter queue (enough to see what it was). */
+export const DEAD_LETTER_PREFIX_BYTES = 1024;
 
 export interface ConsumerSettings extends ConsumerTopologySettings {
   readonly consumer: ConsumerTopologySettings['consumer'] & {
     readonly prefetch: number;
+    /** Bodies above this are dead-lettered before they are decoded. */
+    readonly maxMessageBytes: number;
+    readonly senders: SenderPolicy;
     /** nova or observe (validated by the configuration schema). */
     readonly mode: string;
     readonly stopTimeoutMs: number;
@@ -82,123 +90,6 @@ interface ServiceEvents {
   processed: [info: ProcessedInfo];
   /** Consumption started (true) or paused/stopped (false). */
   consuming: [active: boolean];
-}
-
-interface Channels {
-  readonly generation: number;
-  readonly consume: Channel;
-  readonly publish: ConfirmChannel;
-  depth: Channel | undefined;
-  acks: Acks | undefined;
-  tags: string[];
-  subscribing: boolean;
-  /** #resume was asked for while a subscription was in progress: check again when it ends. */
-  resumeAgain: boolean;
-  open: boolean;
-}
-
-/** A message from its delivery to its acknowledgement. */
-interface Delivery {
-  readonly queue: 'lifecycle' | 'result';
-  readonly channels: Channels;
-  readonly message: ConsumeMessage;
-  /** 0: in hand; 1: done, to be acknowledged; 2: settled with the broker (acknowledged or returned). */
-  state: 0 | 1 | 2;
-  /** Done out of delivery order (counted in Acks' backlog). */
-  behind: boolean;
-  info: ProcessedInfo | undefined;
-}
-
-/**
- * Acknowledges the deliveries of one channel with as few frames as possible: `multiple` acks up to
- * the newest delivery below which everything is done, so one frame usually covers a whole batch.
- * When deliveries done out of order pile up behind one still in hand (a slow dead-letter publish),
- * they are acknowledged one by one, so the prefetch window keeps moving.
- */
-class Acks {
-  #order: Delivery[] = [];
-  #head = 0;
-  #backlog = 0;
-
-  constructor(
-    readonly channels: Channels,
-    readonly backlogLimit: number,
-    readonly acked: (deliveries: readonly Delivery[]) => void,
-    readonly failed: (error: unknown) => void,
-  ) {}
-
-  add(delivery: Delivery): void {
-    this.#order.push(delivery);
-  }
-
-  /** These deliveries are done (their info set): acknowledge them as soon as order allows. */
-  complete(deliveries: readonly Delivery[]): void {
-    for (const delivery of deliveries) delivery.state = 1;
-    this.#advance();
-    for (const delivery of deliveries)
-      if (delivery.state === 1 && !delivery.behind) {
-        delivery.behind = true;
-        this.#backlog += 1;
-      }
-    if (this.#backlog >= this.backlogLimit) this.#ackBacklog();
-  }
-
-  /** The broker already settled this delivery (it was returned to its queue). */
-  settled(delivery: Delivery): void {
-    delivery.state = 2;
-    this.#advance();
-  }
-
-  #advance(): void {
-    const order = this.#order;
-    let last: Delivery | undefined;
-    const done: Delivery[] = [];
-    while (this.#head < order.length && (order[this.#head] as Delivery).state !== 0) {
-      const delivery = order[this.#head] as Delivery;
-      this.#head += 1;
-      if (delivery.behind) this.#backlog -= 1;
-      if (delivery.state === 1) {
-        delivery.state = 2;
-        last = delivery;
-        done.push(delivery);
-      }
-    }
-    if (this.#head > 1024 && this.#head * 2 > order.length) {
-      order.splice(0, this.#head);
-      this.#head = 0;
-    }
-    if (last && this.#send(last.message, true)) this.acked(done);
-  }
-
-  #ackBacklog(): void {
-    const done: Delivery[] = [];
-    const waiting: Delivery[] = [];
-    for (let index = this.#head; index < this.#order.length; index += 1) {
-      const delivery = this.#order[index] as Delivery;
-      if (delivery.state === 0) waiting.push(delivery);
-      else if (delivery.state === 1) {
-        delivery.state = 2;
-        delivery.behind = false;
-        if (this.#send(delivery.message, false)) done.push(delivery);
-      }
-    }
-    // Only the deliveries still in hand stay (settled ones need no more attention).
-    this.#order = waiting;
-    this.#head = 0;
-    this.#backlog = 0;
-    if (done.length > 0) this.acked(done);
-  }
-
-  #send(message: ConsumeMessage, multiple: boolean): boolean {
-    if (!this.channels.open) return false;
-    try {
-      this.channels.consume.ack(message, multiple);
-      return true;
-    } catch (error) {
-      this.failed(error);
-      return false;
-    }
-  }
 }
 
 /** Valid messages waiting for the store stage, and who waits for them. */
@@ -423,6 +314,13 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     try {
       const publish = await model.createConfirmChannel();
       publish.on('error', (error: Error) => this.#logger.warn({ err: error }, 'publish channel error'));
+      watchReturns(publish, (message) => {
+        this.#metrics.commandsReturned.inc();
+        this.#logger.error(
+          { routingKey: message.fields.routingKey, command: message.properties.messageId as unknown },
+          "stop command returned by the broker: no queue for that host's bridge",
+        );
+      });
       await assertTopology(publish, consumerTopology(this.#settings));
       const { notifications } = this.#settings.consumer;
       if (notifications.enabled) {
@@ -580,25 +478,23 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     if (deliveries.length === 0) return;
     this.#intake = [];
     this.#metrics.inFlight.inc(deliveries.length);
-    const { consumer } = this.#settings;
     const nowUs = nowMicros();
     const items: WorkItem[] = [];
     const valid: Delivery[] = [];
     for (const delivery of deliveries) {
-      const { queue, message } = delivery;
-      if (queue === 'lifecycle') {
-        const validated = validateLifecycle(message.content, nowUs, consumer.maxFutureSkewMs);
-        if (validated.ok) {
-          items.push({ kind: 'lifecycle', event: validated.value });
+      let rejected: { reason: string; truncated?: boolean } | undefined;
+      try {
+        const item = this.#read(delivery, nowUs);
+        if ('reason' in item) rejected = item;
+        else {
+          items.push(item);
           valid.push(delivery);
-        } else this.#track(this.#deadLetter(delivery, validated.reason));
-      } else {
-        const validated = validateCommandResult(message.content, nowUs, consumer.maxFutureSkewMs);
-        if (validated.ok) {
-          items.push({ kind: 'result', result: validated.value });
-          valid.push(delivery);
-        } else this.#track(this.#deadLetter(delivery, validated.reason));
+        }
+      } catch (error) {
+        // Nothing a message says may throw out of the intake: it would strand the whole turn.
+        rejected = { reason: `unreadable message: ${(error as Error).message}` };
       }
+      if (rejected) this.#track(this.#deadLetter(delivery, rejected.reason, rejected.truncated === true));
     }
     if (valid.length === 0) return;
     this.#track(
@@ -607,6 +503,46 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         if (!this.#stageRunning) void this.#runStage();
       }),
     );
+  }
+
+  /**
+   * One delivery from bytes to a work item: the size bound (before anything is decoded), the
+   * schema, then the sender. Returns why it is unusable instead when it is.
+   */
+  #read(delivery: Delivery, nowUs: number): WorkItem | { reason: string; truncated?: boolean } {
+    const { consumer } = this.#settings;
+    const { queue, message } = delivery;
+    if (message.content.length > consumer.maxMessageBytes) {
+      this.#metrics.oversized.inc();
+      return {
+        reason: `body too large: ${message.content.length} bytes, over consumer.maxMessageBytes (${consumer.maxMessageBytes})`,
+        truncated: true,
+      };
+    }
+    let item: WorkItem;
+    let host: string;
+    if (queue === 'lifecycle') {
+      const validated = validateLifecycle(message.content, nowUs, consumer.maxFutureSkewMs);
+      if (!validated.ok) return validated;
+      item = { kind: 'lifecycle', event: validated.value };
+      host = validated.value.host;
+    } else {
+      const validated = validateCommandResult(message.content, nowUs, consumer.maxFutureSkewMs);
+      if (!validated.ok) return validated;
+      item = { kind: 'result', result: validated.value };
+      host = validated.value.host;
+    }
+    const verdict = verifySender(
+      consumer.senders,
+      host,
+      message.fields.routingKey,
+      message.properties.userId,
+    );
+    if (verdict) {
+      this.#metrics.senderRejections.inc({ reason: verdict.rejection });
+      return verdict;
+    }
+    return item;
   }
 
   #track(task: Promise<void>): void {
@@ -690,34 +626,23 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
    * confirm channel), then acknowledges the original. If the dead-letter publish fails, the original
    * is returned to the queue instead (its delivery limit bounds the retries), so nothing is lost.
    */
-  async #deadLetter(delivery: Delivery, reason: string): Promise<void> {
+  async #deadLetter(delivery: Delivery, reason: string, truncate = false): Promise<void> {
     const { queue, channels, message } = delivery;
     const { consumer } = this.#settings;
     const properties = message.properties;
-    const headers: Record<string, unknown> = {
-      ...properties.headers,
-      [REASON_HEADER]: reason,
-      'x-virtbus-queue': queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
-      'x-virtbus-original-exchange': message.fields.exchange,
-      'x-virtbus-original-routing-key': message.fields.routingKey,
-      'x-virtbus-dead-lettered-at': isoMicros(nowMicros()),
-    };
-    const options: Options.Publish = { headers, persistent: true };
-    if (properties.contentType) options.contentType = properties.contentType as string;
-    if (properties.contentEncoding) options.contentEncoding = properties.contentEncoding as string;
-    if (properties.messageId) options.messageId = properties.messageId as string;
-    if (properties.type) options.type = properties.type as string;
-    if (properties.appId) options.appId = properties.appId as string;
-    if (properties.timestamp) options.timestamp = properties.timestamp as number;
-    if (properties.correlationId) options.correlationId = properties.correlationId as string;
+    const options = deadLetterOptions(
+      message,
+      reason,
+      queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
+    );
+    // An oversized body is kept only as a prefix: the dead-letter queue must stay bounded too.
+    let content = message.content;
+    if (truncate && content.length > DEAD_LETTER_PREFIX_BYTES) {
+      content = content.subarray(0, DEAD_LETTER_PREFIX_BYTES);
+      (options.headers as Record<string, unknown>)['x-virtbus-original-bytes'] = message.content.length;
+    }
     try {
-      await this.#publish(
-        consumer.deadLetterExchange,
-        message.fields.routingKey,
-        message.content,
-        options,
-        channels,
-      );
+      await this.#publish(consumer.deadLetterExchange, message.fields.routingKey, content, options, channels);
     } catch (error) {
       this.#logger.error({ err: error, reason }, 'cannot dead-letter a message; returning it to its queue');
       this.#metrics.inFlight.dec();
@@ -753,34 +678,17 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     options: Options.Publish,
     channels: Channels | undefined = this.#channels,
   ): Promise<void> {
-    if (!channels?.open) return Promise.reject(new Error('not connected to the broker'));
-    return new Promise<void>((resolve, reject) => {
-      try {
-        channels.publish.publish(exchange, routingKey, content, options, (error: unknown) =>
-          error
-            ? reject(error instanceof Error ? error : new Error('publish nacked by the broker'))
-            : resolve(),
-        );
-      } catch (error) {
-        reject(error instanceof Error ? error : new Error(String(error)));
-      }
-    });
+    return publishConfirmed(channels, exchange, routingKey, content, options);
   }
 
+  /** Sent as this consumer's broker user (bridges verify it), mandatory (a return is a failure). */
   #sendCommand(command: StopCommand, ttlMs: number): Promise<void> {
-    return this.#publish(
+    return publishCommand(
+      this.#channels,
       this.#settings.amqp.commandExchange,
-      commandRoutingKey(command.host),
-      Buffer.from(JSON.stringify(command)),
-      {
-        persistent: true,
-        contentType: 'application/json',
-        messageId: command.command_id,
-        appId: APP_ID,
-        type: command.schema,
-        timestamp: Math.floor(Date.now() / 1000),
-        expiration: String(ttlMs),
-      },
+      command,
+      ttlMs,
+      this.#amqp.user,
     );
   }
 

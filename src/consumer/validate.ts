@@ -26,6 +26,11 @@ export interface LifecycleEventIn {
   readonly snapshot: { readonly id: string; readonly takenUs: number } | undefined;
   /** sync_end: every domain of the snapshot (lower-cased). */
   readonly instanceUuids: readonly string[] | undefined;
+  /**
+   * libvirt's event and detail codes (for sync: event_code -1 and the virDomainState); null when
+   * the message has none. The detail tells a migration's STARTED/RESUMED/STOPPED from others.
+   */
+  readonly libvirt: { readonly eventCode: number; readonly detailCode: number | null } | null;
 }
 
 export interface CommandResultIn {
@@ -50,7 +55,11 @@ export type Validated<T> =
 /** Earliest plausible occurred_at: libvirt lifecycle events did not exist before. */
 const EARLIEST_US = Date.UTC(2000, 0, 1) * 1000;
 const MAX_TEXT = 255;
-const MAX_SNAPSHOT = 1_000_000;
+/**
+ * Most domains one sync_end may list. A hypervisor runs hundreds of guests at most; the bound keeps
+ * one message from costing the consumer a million-row scan (a larger list is dead-lettered).
+ */
+export const MAX_SNAPSHOT = 100_000;
 const OUTCOMES: readonly CommandOutcome[] = [
   'stopped',
   'already_stopped',
@@ -186,6 +195,21 @@ export function validateLifecycle(
           : time(snap, 'taken_at', maxFutureUs);
       snapshot = { id: text(snap, 'id', 100), takenUs };
     }
+    let libvirt: LifecycleEventIn['libvirt'] = null;
+    if (record.libvirt !== undefined && record.libvirt !== null) {
+      const codes = object(record.libvirt, 'field libvirt');
+      const eventCode = codes.event_code;
+      const detailCode = codes.detail_code;
+      if (typeof eventCode !== 'number' || !Number.isSafeInteger(eventCode))
+        fail(`field libvirt.event_code: expected an integer, got ${describe(eventCode)}`);
+      if (
+        detailCode !== null &&
+        detailCode !== undefined &&
+        (typeof detailCode !== 'number' || !Number.isSafeInteger(detailCode))
+      )
+        fail(`field libvirt.detail_code: expected an integer or null, got ${describe(detailCode)}`);
+      libvirt = { eventCode, detailCode: typeof detailCode === 'number' ? detailCode : null };
+    }
     let instanceUuids: string[] | undefined;
     if (transition === 'sync_end') {
       if (!snapshot) fail('sync_end without snapshot');
@@ -205,6 +229,7 @@ export function validateLifecycle(
       bootId,
       snapshot,
       instanceUuids,
+      libvirt,
     };
   });
 }
@@ -236,7 +261,7 @@ export function validateCommandResult(
     if (error !== undefined && error !== null && typeof error !== 'string')
       fail(`field error: expected a string or null, got ${describe(error)}`);
     return {
-      commandId: text(record, 'command_id', 100),
+      commandId: uuid(record.command_id, 'command_id'),
       action,
       host: text(record, 'host'),
       instanceUuid: uuid(record.instance_uuid, 'instance_uuid'),

@@ -5,7 +5,6 @@
  * while its row says stopped — showing each message as it crosses the bus and the instance table
  * converging, with the action Nova would take. Everything it started is removed at the end or on Ctrl-C.
  */
-import { connect, type ChannelModel } from 'amqplib';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,11 +22,9 @@ import {
   type RabbitSandbox,
   type ServiceProcess,
 } from '../sandbox';
-import { formatLine } from '../cli/commands/tail';
+import { narrateBus, type BusNarration } from './narrate';
 import { loadNativeBinding } from '../native/binding';
 import type { NativeConnection } from '../native/contract';
-import type { LifecycleMessage } from '../messages/lifecycle';
-import type { CommandResult, StopCommand } from '../messages/command';
 
 const run = promisify(execFile);
 const HOST = 'demo-host';
@@ -66,7 +63,7 @@ export class Demo {
   #rabbit: RabbitSandbox | undefined;
   #bridge: ServiceProcess | undefined;
   #consumer: ServiceProcess | undefined;
-  #listener: ChannelModel | undefined;
+  #listener: BusNarration | undefined;
   /**
    * The test driver keeps the shared `default` state only while a client is connected: this
    * connection holds it for the whole demo (before the bridge connects, and across its restarts).
@@ -144,64 +141,11 @@ export class Demo {
   }
 
   async #listen(): Promise<void> {
-    const model = await connect(this.#rabbit?.url ?? '');
-    this.#listener = model;
-    const channel = await model.createChannel();
-    const tap = async (
-      exchange: string,
-      pattern: string,
-      print: (key: string, body: unknown) => void,
-    ): Promise<void> => {
-      await channel.checkExchange(exchange);
-      const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
-      await channel.bindQueue(queue, exchange, pattern);
-      await channel.consume(
-        queue,
-        (message) => {
-          if (!message) return;
-          try {
-            print(message.fields.routingKey, JSON.parse(message.content.toString('utf8')));
-          } catch {
-            // not ours to judge: the demo only narrates
-          }
-        },
-        { noAck: true },
-      );
-    };
-    await tap('virtbus.lifecycle', '#', (_key, body) =>
-      this.#say(`   bus ▸ ${formatLine(body as LifecycleMessage, this.options.colour)}`),
+    this.#listener = await narrateBus(
+      this.#rabbit?.url ?? '',
+      (line) => this.#say(line),
+      this.options.colour,
     );
-    await tap('virtbus.commands', '#', (key, body) => {
-      if (key.endsWith('.stop')) {
-        const command = body as StopCommand;
-        this.#say(
-          `   cmd ▸ ${key} ${command.action} ${command.instance_uuid.slice(0, 8)}… (${command.reason})`,
-        );
-      } else {
-        const result = body as CommandResult;
-        this.#say(
-          `   cmd ◂ ${key} ${result.outcome} via ${result.method}, power_state ${result.power_state}`,
-        );
-      }
-    });
-    await tap('nova', 'versioned_notifications.info', (_key, body) => {
-      try {
-        const inner = JSON.parse((body as Record<string, string>)['oslo.message'] ?? '{}') as {
-          event_type?: string;
-          payload?: { 'nova_object.data'?: Record<string, unknown> };
-        };
-        const data = inner.payload?.['nova_object.data'] ?? {};
-        const update =
-          (data.state_update as { 'nova_object.data'?: Record<string, unknown> } | undefined)?.[
-            'nova_object.data'
-          ] ?? {};
-        this.#say(
-          `   nova ▸ ${inner.event_type ?? '?'} ${String(data.display_name ?? data.uuid)}: vm_state ${String(update.old_state)}→${String(update.state)}, task ${String(update.old_task_state)}→${String(update.new_task_state)}, power ${String(data.power_state)}`,
-        );
-      } catch {
-        // ignore a notification we cannot read
-      }
-    });
   }
 
   async play(): Promise<void> {
@@ -387,7 +331,7 @@ export class Demo {
     this.#cleaned = true;
     this.#say('');
     this.#say('   cleaning up: stopping the bridge, the consumer, RabbitMQ and libvirtd…');
-    await this.#listener?.close().catch(() => undefined);
+    await this.#listener?.close();
     await this.#keeper?.close().catch(() => undefined);
     await Promise.allSettled([this.#bridge?.stop(), this.#consumer?.stop()]);
     await Promise.allSettled([this.#rabbit?.dispose(), this.#libvirtd?.dispose()]);

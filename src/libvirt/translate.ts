@@ -2,7 +2,8 @@
  * libvirt (event id, type, detail) → virtbus transition, as Nova's Host._event_lifecycle_callback maps
  * them (nova-lifecycle.md §2b), plus the lifecycle events Nova drops, which virtbus still publishes.
  * Pure: the one libvirt query Nova makes here (job stats for SUSPENDED_MIGRATED) is asked for through
- * the `needsJobCheck` result and decided by resolveMigrated().
+ * the `needs-job-check` result and made by the bridge's state sampler (migratedTransition), which
+ * decides with the functions below.
  */
 import {
   DETAIL_NAMES,
@@ -105,14 +106,15 @@ export function translate(eventId: number, type: number, detail: number): Transl
 export type JobQueryError = 'no-domain' | 'operation-invalid' | 'no-ram-info' | 'other';
 
 /**
- * Nova's find_job_type for SUSPENDED_MIGRATED (nova-lifecycle.md §2b), step 1: the job type, with
+ * Nova's get_job_info for SUSPENDED_MIGRATED (nova-lifecycle.md §2b), step 1: the job type, with
  * libvirt's failures mapped: a transient guest that finished migrating has vanished (NO_DOMAIN or
- * OPERATION_INVALID → COMPLETED); "migration was active, but no RAM info was set" → NONE; anything
- * else is treated as FAILED so the ambiguous event stays a pause.
+ * OPERATION_INVALID → COMPLETED); "migration was active, but no RAM info was set" → NONE. Any other
+ * failure is re-raised by get_job_info, so Nova's callback queues **nothing** for the event: null
+ * here, and the dispatcher publishes nothing either (docs/message-format.md).
  */
 export function jobTypeFromQuery(
   result: { readonly jobType: number } | { readonly error: JobQueryError },
-): number {
+): number | null {
   if ('jobType' in result) return result.jobType;
   switch (result.error) {
     case 'no-domain':
@@ -121,7 +123,7 @@ export function jobTypeFromQuery(
     case 'no-ram-info':
       return JobType.NONE;
     case 'other':
-      return JobType.FAILED;
+      return null;
   }
 }
 

@@ -56,7 +56,7 @@ export interface LibvirtdSandbox {
 const STATE_DIRS = ['/run/libvirt', '/var/lib/libvirt', '/var/cache/libvirt'];
 
 /** libvirtd refuses to start until the QEMU driver can resolve its user and group. */
-async function ensureQemuUser(): Promise<void> {
+export async function ensureQemuUser(): Promise<void> {
   const groups = await runChecked('getent', ['group']).catch(() => '');
   if (!/^libvirt-qemu:/m.test(groups)) await runChecked('groupadd', ['-r', 'libvirt-qemu']);
   const users = await runChecked('getent', ['passwd']).catch(() => '');

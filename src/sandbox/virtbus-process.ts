@@ -31,6 +31,27 @@ export interface ServiceProcess {
   exited(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/**
+ * A sandbox broker is a bare vhost: bridges there declare the topology themselves (production bridges
+ * only check it; the broker definitions create it). When everything runs as the sandbox's guest user,
+ * bridges trust guest's commands (the consumer sets user_id to its own broker user); with per-role
+ * users (the shipped definitions) the product default, virtbus-consumer, stays. A caller's env wins.
+ */
+function sandboxBrokerDefaults(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const url = env.VIRTBUS_AMQP_URL ?? process.env.VIRTBUS_AMQP_URL ?? '';
+  let user = 'guest';
+  try {
+    const first = new URL(url.split(',')[0]?.trim() ?? '');
+    if (first.username) user = decodeURIComponent(first.username);
+  } catch {
+    // no URL: amqplib logs in as guest
+  }
+  return {
+    VIRTBUS_BRIDGE_DECLARE_TOPOLOGY: 'true',
+    ...(user === 'guest' ? { VIRTBUS_COMMANDS_TRUSTED_USER: 'guest' } : {}),
+  };
+}
+
 export function startVirtbus(
   command: string,
   env: NodeJS.ProcessEnv,
@@ -44,7 +65,9 @@ export function startVirtbus(
       ...process.env,
       VIRTBUS_METRICS_PORT: '0',
       VIRTBUS_LOG_LEVEL: 'debug',
+      VIRTBUS_CONSUMER_SENDERS: 'routing-key', // one shared broker user here: lax sender check (docs/consumer.md)
       ...(ownOutbox ? { VIRTBUS_OUTBOX_DIR: ownOutbox } : {}),
+      ...sandboxBrokerDefaults(env),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -151,7 +151,8 @@ export function applyAssignments(row: InstanceRow, assignments: readonly string[
     const where = 'set';
     switch (key) {
       case 'host':
-        next = { ...next, host: value };
+        // The operator says where the instance is: any migration evidence is void.
+        next = { ...next, host: value, ...(value !== next.host ? { migration: null } : {}) };
         break;
       case 'vm_state':
         next = { ...next, vm_state: validateVmState(where, value) };
@@ -163,7 +164,12 @@ export function applyAssignments(row: InstanceRow, assignments: readonly string[
           ...next,
           task_state: value,
           ...(value !== next.task_state
-            ? { pending_command_id: null, pending_action: null, command_deadline_ms: null }
+            ? {
+                pending_command_id: null,
+                pending_command_host: null,
+                pending_action: null,
+                command_deadline_ms: null,
+              }
             : {}),
         };
         break;

@@ -63,6 +63,8 @@ const ARRAY_TYPES: Record<(typeof MUTABLE_COLUMNS)[number], string> = {
   event_boot_id: 'text[]',
   event_seq: 'bigint[]',
   pending_command_id: 'text[]',
+  pending_command_host: 'text[]',
+  migration: 'text[]',
   pending_action: 'text[]',
   command_deadline_ms: 'bigint[]',
   last_action: 'text[]',
@@ -113,7 +115,8 @@ const UPSERT_SQL = `INSERT INTO instances (${INSERT_COLUMNS.join(', ')})
     task_state = excluded.task_state, power_state = excluded.power_state,
     launched_at = excluded.launched_at, attrs = excluded.attrs, updated_at = excluded.updated_at,
     created_at = CASE WHEN $${INSERT_COLUMNS.length + 1}::boolean THEN excluded.created_at ELSE instances.created_at END,
-    pending_command_id = NULL, pending_action = NULL, command_deadline_ms = NULL,
+    pending_command_id = NULL, pending_command_host = NULL, pending_action = NULL,
+         command_deadline_ms = NULL, migration = NULL,
     version = instances.version + 1
   RETURNING (xmax = 0) AS inserted`;
 

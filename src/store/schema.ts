@@ -3,7 +3,7 @@
  * Migrations are numbered and applied in order inside one transaction each; the applied ones are
  * recorded in virtbus_migrations. Never edit a released migration: append a new one.
  */
-import { STATE_COLUMNS, type InstanceInput, type InstanceRow } from './types';
+import { STATE_COLUMNS, type InstanceInput, type InstanceRow, type MigrationEvidence } from './types';
 
 export interface Migration {
   readonly version: number;
@@ -43,6 +43,15 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
         WHERE pending_command_id IS NOT NULL;
     `,
   },
+  {
+    version: 2,
+    name: 'command host and migration evidence',
+    sql: `
+      ALTER TABLE instances ADD COLUMN pending_command_host TEXT;
+      ALTER TABLE instances ADD COLUMN migration TEXT;
+      UPDATE instances SET pending_command_host = host WHERE pending_command_id IS NOT NULL;
+    `,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -76,10 +85,19 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
         WHERE pending_command_id IS NOT NULL;
     `,
   },
+  {
+    version: 2,
+    name: 'command host and migration evidence',
+    sql: `
+      ALTER TABLE instances ADD COLUMN pending_command_host TEXT;
+      ALTER TABLE instances ADD COLUMN migration TEXT;
+      UPDATE instances SET pending_command_host = host WHERE pending_command_id IS NOT NULL;
+    `,
+  },
 ];
 
 /** The columns `update` writes (everything but uuid, created_at and version). */
-export const MUTABLE_COLUMNS = ['host', 'launched_at', ...STATE_COLUMNS, 'attrs'] as const;
+export const MUTABLE_COLUMNS = ['launched_at', ...STATE_COLUMNS, 'attrs'] as const;
 
 type RawValue = string | number | bigint | null | Record<string, unknown>;
 
@@ -95,6 +113,28 @@ function toText(value: RawValue | undefined): string | null {
 
 function required(value: RawValue | undefined): string {
   return toText(value) ?? '';
+}
+
+/** The migration column (JSON text); anything unreadable is no evidence. */
+function migrationFromDb(value: RawValue | undefined): MigrationEvidence | null {
+  const text = toText(value);
+  if (text === null) return null;
+  try {
+    const parsed = JSON.parse(text) as unknown;
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return null;
+    const evidence = parsed as MigrationEvidence;
+    return typeof evidence.source === 'string' && typeof evidence.updated_us === 'number' ? evidence : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A column's value as a statement parameter (JSON for attrs and the migration evidence). */
+function param(row: InstanceRow, column: (typeof MUTABLE_COLUMNS)[number]): string | number | null {
+  const value = row[column];
+  if (column === 'attrs') return JSON.stringify(value ?? {});
+  if (column === 'migration') return value === null || value === undefined ? null : JSON.stringify(value);
+  return value as string | number | null;
 }
 
 /** A database row (SQLite: attrs is JSON text; PostgreSQL: BIGINTs are strings, attrs an object). */
@@ -125,11 +165,13 @@ export function rowFromDb(raw: Record<string, RawValue>): InstanceRow {
     event_boot_id: toText(raw.event_boot_id),
     event_seq: toNumber(raw.event_seq),
     pending_command_id: toText(raw.pending_command_id),
+    pending_command_host: toText(raw.pending_command_host),
     pending_action: toText(raw.pending_action),
     command_deadline_ms: toNumber(raw.command_deadline_ms),
     last_action: toText(raw.last_action),
     last_action_at: toText(raw.last_action_at),
     last_error: toText(raw.last_error),
+    migration: migrationFromDb(raw.migration),
     attrs: parsedAttrs,
     version: toNumber(raw.version) ?? 0,
   };
@@ -137,16 +179,12 @@ export function rowFromDb(raw: Record<string, RawValue>): InstanceRow {
 
 /** The mutable columns of a row as statement parameters, in MUTABLE_COLUMNS order. */
 export function mutableValues(row: InstanceRow): Array<string | number | null> {
-  return MUTABLE_COLUMNS.map((column) => {
-    const value = row[column];
-    if (column === 'attrs') return JSON.stringify(value ?? {});
-    return value as string | number | null;
-  });
+  return MUTABLE_COLUMNS.map((column) => param(row, column));
 }
 
 /** The state columns of a row as statement parameters, in STATE_COLUMNS order. */
 export function stateValues(row: InstanceRow): Array<string | number | null> {
-  return STATE_COLUMNS.map((column) => row[column]);
+  return STATE_COLUMNS.map((column) => param(row, column));
 }
 
 /** A full row for an imported instance (no event position, no command). */
@@ -164,11 +202,13 @@ export function rowFromInput(input: InstanceInput, now: string): InstanceRow {
     event_boot_id: null,
     event_seq: null,
     pending_command_id: null,
+    pending_command_host: null,
     pending_action: null,
     command_deadline_ms: null,
     last_action: null,
     last_action_at: null,
     last_error: null,
+    migration: null,
     attrs: input.attrs ?? {},
     version: 0,
   };

@@ -117,7 +117,8 @@ export class SqliteStore implements InstanceStore {
          task_state = excluded.task_state, power_state = excluded.power_state,
          launched_at = excluded.launched_at, attrs = excluded.attrs, updated_at = excluded.updated_at,
          created_at = CASE WHEN ? THEN excluded.created_at ELSE instances.created_at END,
-         pending_command_id = NULL, pending_action = NULL, command_deadline_ms = NULL,
+         pending_command_id = NULL, pending_command_host = NULL, pending_action = NULL,
+         command_deadline_ms = NULL, migration = NULL,
          version = instances.version + 1`,
     );
     this.#expired = this.#db.prepare(

@@ -48,6 +48,11 @@ export interface InstanceRow {
   readonly event_seq: number | null;
   /** The stop command in flight (task_state powering-off), its action and deadline (epoch ms). */
   readonly pending_command_id: string | null;
+  /**
+   * The host the pending command was sent to: its result must come from there. Kept apart from
+   * `host` because the row can follow a migration while the command is out.
+   */
+  readonly pending_command_host: string | null;
   readonly pending_action: string | null;
   readonly command_deadline_ms: number | null;
   /** What the consumer last did or, in observe mode, would have done (stop, would_force_stop, …). */
@@ -55,10 +60,39 @@ export interface InstanceRow {
   readonly last_action_at: string | null;
   /** Why the last stop command did not complete (failed/refused/expired/skipped/timeout). */
   readonly last_error: string | null;
+  /** A live migration of this instance half in evidence (one side's word), or null. */
+  readonly migration: MigrationEvidence | null;
   /** Other instance fields (display_name, user_id, tenant_id, flavor, …) carried into notifications. */
   readonly attrs: Readonly<Record<string, unknown>>;
   /** Compare-and-swap counter: bumped by every write. */
   readonly version: number;
+}
+
+/** A position in a bridge's event order: occurred_at (epoch µs), boot_id and seq of its message. */
+export interface EventPosition {
+  readonly at_us: number;
+  readonly boot_id: string | null;
+  readonly seq: number | null;
+}
+
+/**
+ * What the consumer has heard of a live migration of a row not yet agreed by both hosts (stored as
+ * JSON). `source` is the row's host when its word was recorded: evidence from a host the row no
+ * longer names is void. The row moves to `dest` only once the source said the guest left
+ * (`source_state` left) and a destination said it arrived; half evidence expires `updated_us`
+ * (consumer clock) + the configured window.
+ */
+export interface MigrationEvidence {
+  readonly source: string;
+  /** The source's word: the guest is leaving (paused/postcopy for migration) or has left. */
+  readonly source_state: 'leaving' | 'left' | null;
+  /** The host that reported the guest arrived (started/resumed migrated, or a snapshot running). */
+  readonly dest: string | null;
+  /** The destination's power_state to take on the move, and its newest event position. */
+  readonly dest_power: number | null;
+  readonly dest_position: EventPosition | null;
+  /** When the evidence last changed (consumer clock, epoch µs). */
+  readonly updated_us: number;
 }
 
 /** What `virtbus instances import` and tests insert or replace. */
@@ -76,11 +110,13 @@ export interface InstanceInput {
 
 /**
  * The columns a consumer decision may change (Nova's state columns, the event position, the stop
- * command and what the consumer did). `apply` writes only these: host, launched_at, attrs and
- * created_at belong to the operator (`virtbus instances`), whose writes bump the version too, so a
- * decision taken before such a write loses its compare-and-swap and is taken again.
+ * command, what the consumer did, and `host` with the migration evidence: the row follows a live
+ * migration both hosts agree on). `apply` writes only these: launched_at, attrs and created_at
+ * belong to the operator (`virtbus instances`), whose writes bump the version too, so a decision
+ * taken before such a write loses its compare-and-swap and is taken again.
  */
 export const STATE_COLUMNS = [
+  'host',
   'vm_state',
   'task_state',
   'power_state',
@@ -89,11 +125,13 @@ export const STATE_COLUMNS = [
   'event_boot_id',
   'event_seq',
   'pending_command_id',
+  'pending_command_host',
   'pending_action',
   'command_deadline_ms',
   'last_action',
   'last_action_at',
   'last_error',
+  'migration',
 ] as const;
 
 /** One compare-and-swap write of `apply`: `row` replaces the stored row if its version is still `expected`. */

@@ -56,7 +56,14 @@ export function consumerConfig(env: Record<string, string>): VirtbusConfig {
   return loadConfig({
     role: 'consumer',
     skipDefaultFile: true,
-    env: { VIRTBUS_LOG_LEVEL: LOG_LEVEL, VIRTBUS_METRICS_PORT: '0', ...env },
+    // The suite publishes as one shared broker user (guest): lax sender verification unless a test
+    // asks for strict (test/consumer/senders.test.ts).
+    env: {
+      VIRTBUS_LOG_LEVEL: LOG_LEVEL,
+      VIRTBUS_METRICS_PORT: '0',
+      VIRTBUS_CONSUMER_SENDERS: 'routing-key',
+      ...env,
+    },
   });
 }
 

@@ -199,17 +199,19 @@ const CASES: readonly Case[] = [
       onlyIf: [4, 6],
       answer: { outcome: 'skipped', power_state: 1, error: 'live state running' },
     },
+    // Only the task is cleared (Nova's reverts_task_state): a result other than stopped says
+    // nothing the row may take; the running guest's next event or snapshot records it.
     final: {
       vm_state: 'active',
       task_state: null,
-      power_state: 1,
+      power_state: 4,
       last_action: 'stop_skipped',
       last_error: /^skipped: live state running/,
     },
     notes: [
       ['active', 'active', null, null, 'shutdown'],
       ['active', 'active', null, 'powering-off', 'shutdown'],
-      ['active', 'active', 'powering-off', null, 'running'],
+      ['active', 'active', 'powering-off', null, 'shutdown'],
     ],
   },
   // 4c: active + SUSPENDED (periodic sync; the PMSUSPENDED event itself is ignored) → stop.
@@ -237,23 +239,29 @@ const CASES: readonly Case[] = [
     final: { vm_state: 'active', task_state: null, power_state: 3 },
     notes: [['active', 'active', null, null, 'paused']],
   },
+  // A live migration's source (Nova has task_state 'migrating' then and skips the sync): the
+  // row's host's word about the migration is recorded and nothing else written until the
+  // destination's word (consumer.followMigrations, docs/consumer.md "Live migration").
   {
-    name: '4d via migration_completed',
+    name: 'migration word via migration_completed',
     row: { vm_state: 'active', power_state: 1 },
     transition: 'migration_completed',
     live: 3,
-    outcome: 'synced',
-    final: { vm_state: 'active', task_state: null, power_state: 3 },
-    notes: [['active', 'active', null, null, 'paused']],
+    outcome: 'migrating',
+    final: { vm_state: 'active', task_state: null, power_state: 1 },
+    notes: [],
   },
+  // A live migration's source (Nova has task_state 'migrating' then and skips the sync): the
+  // row's host's word about the migration is recorded and nothing else written until the
+  // destination's word (consumer.followMigrations, docs/consumer.md "Live migration").
   {
-    name: '4d via postcopy_started',
+    name: 'migration word via postcopy_started',
     row: { vm_state: 'active', power_state: 1 },
     transition: 'postcopy_started',
     live: 3,
-    outcome: 'synced',
-    final: { vm_state: 'active', task_state: null, power_state: 3 },
-    notes: [['active', 'active', null, null, 'paused']],
+    outcome: 'migrating',
+    final: { vm_state: 'active', task_state: null, power_state: 1 },
+    notes: [],
   },
   // 4e: active + NOSTATE: warn only.
   {

@@ -85,6 +85,8 @@ describe('bridge channels under faults', () => {
     const HOST = 'cmp-drop';
     const EXCHANGE = 'virtbus.commands';
     const UUID = '6f1c1d0e-2a4b-4c8d-9e0f-112233445566';
+    const C1 = 'c0000001-0000-4000-8000-000000000001';
+    const C2 = 'c0000002-0000-4000-8000-000000000002';
     // A guest that ignores the ACPI shutdown: the command polls until the timeout, then destroys.
     let libvirtState = 1;
     let shutdowns = 0;
@@ -105,8 +107,13 @@ describe('bridge channels under faults', () => {
       host: HOST,
       exchange: EXCHANGE,
       enabled: true,
-      gracefulTimeoutMs: 1500,
+      // Long enough that rabbitmqctl (slow on a loaded machine) drops the connection while c-1 waits.
+      gracefulTimeoutMs: 8000,
       destroyOnTimeout: true,
+      // The test broker's only user: the commands below are published as guest, as user_id says.
+      trustedUser: 'guest',
+      maxExpiryMs: 600_000,
+      declareTopology: true,
       pollMs: 50,
       connection: () => fakeLibvirt,
       amqp,
@@ -137,14 +144,14 @@ describe('bridge channels under faults', () => {
               expires_at: isoMicros(nowMicros() + 60_000_000),
             }),
           ),
-          { persistent: true },
+          { persistent: true, userId: 'guest' },
         );
         await channel.waitForConfirms();
         await model.close();
       };
-      await send('c-1');
+      await send(C1);
       await until('c-1 to be running', () => shutdowns >= 1);
-      await send('c-2'); // chained behind c-1 (same domain)
+      await send(C2); // chained behind c-1 (same domain)
       await sleep(100);
       // The broker drops every connection of the vhost while c-1 waits for the graceful shutdown.
       await broker.ctl('close_all_connections', '-p', broker.vhost, 'test: connection lost mid-command');
@@ -162,17 +169,17 @@ describe('bridge channels under faults', () => {
           (m) => m && results.push(JSON.parse(m.content.toString()) as CommandResult),
           { noAck: true },
         );
-        await until('the result of c-2', () => results.some((r) => r.command_id === 'c-2'));
+        await until('the result of c-2', () => results.some((r) => r.command_id === C2));
       } finally {
         await model.close();
       }
       assert.ok(
-        results.some((r) => r.command_id === 'c-1'),
+        results.some((r) => r.command_id === C1),
         `c-1 answered (once or again after its redelivery): ${JSON.stringify(results)}`,
       );
       assert.deepEqual(
-        results.filter((r) => r.command_id === 'c-2').map((r) => r.outcome),
-        results.filter((r) => r.command_id === 'c-2').map(() => 'already_stopped'),
+        results.filter((r) => r.command_id === C2).map((r) => r.outcome),
+        results.filter((r) => r.command_id === C2).map(() => 'already_stopped'),
       );
       assert.ok(
         lines.some((l) => l.msg.startsWith('command channel closed before the command was settled')),

@@ -234,6 +234,12 @@ describe('virtbus bridge', () => {
   });
 
   it('executes stop commands and reports the outcome', async () => {
+    const IDS = {
+      'c-stop': 'c5000001-0000-4000-8000-000000000001',
+      'c-again': 'c5000002-0000-4000-8000-000000000002',
+      'c-expired': 'c5000003-0000-4000-8000-000000000003',
+      'c-guarded': 'c5000004-0000-4000-8000-000000000004',
+    } as const;
     const model = await connect(broker.url);
     try {
       const channel = await model.createConfirmChannel();
@@ -271,30 +277,32 @@ describe('virtbus bridge', () => {
               ...(onlyIf ? { only_if_power_states: onlyIf } : {}),
             }),
           ),
-          { persistent: true },
+          // As the consumer publishes them: user_id is its broker user (guest here), which the bridge trusts.
+          { persistent: true, userId: 'guest' },
         );
       };
-      send('c-stop', running.uuid, 'force_stop');
+      send(IDS['c-stop'], running.uuid, 'force_stop');
       const deadline = Date.now() + 15000;
-      while (!results.some((r) => r.command_id === 'c-stop') && Date.now() < deadline) await sleep(50);
-      send('c-again', running.uuid, 'stop');
-      send('c-expired', running.uuid, 'stop', -1000);
+      while (!results.some((r) => r.command_id === IDS['c-stop']) && Date.now() < deadline) await sleep(50);
+      send(IDS['c-again'], running.uuid, 'stop');
+      send(IDS['c-expired'], running.uuid, 'stop', -1000);
       while (results.length < 3 && Date.now() < deadline) await sleep(50);
       assert.equal((await driver.domainState(running.uuid)).state, 5, 'force_stop shut the domain off');
       // The 4b re-check: "stop only if still shut off" for a guest that was restarted meanwhile.
       await driver.start(running.uuid);
-      send('c-guarded', running.uuid, 'stop', 60000, [4, 6]);
+      send(IDS['c-guarded'], running.uuid, 'stop', 60000, [4, 6]);
       while (results.length < 4 && Date.now() < deadline) await sleep(50);
       const byId = new Map(results.map((r) => [r.command_id, r]));
-      assert.equal(byId.get('c-stop')?.outcome, 'stopped');
-      assert.equal(byId.get('c-stop')?.power_state, 4);
-      assert.equal(byId.get('c-again')?.outcome, 'already_stopped');
-      assert.equal(byId.get('c-expired')?.outcome, 'expired');
-      assert.equal(byId.get('c-guarded')?.outcome, 'skipped');
-      assert.equal(byId.get('c-guarded')?.power_state, 1);
+      assert.equal(byId.get(IDS['c-stop'])?.outcome, 'stopped');
+      assert.equal(byId.get(IDS['c-stop'])?.power_state, 4);
+      assert.equal(byId.get(IDS['c-again'])?.outcome, 'already_stopped');
+      assert.equal(byId.get(IDS['c-expired'])?.outcome, 'expired');
+      assert.equal(byId.get(IDS['c-expired'])?.power_state, null, 'an expired command did not read libvirt');
+      assert.equal(byId.get(IDS['c-guarded'])?.outcome, 'skipped');
+      assert.equal(byId.get(IDS['c-guarded'])?.power_state, 1);
       assert.equal((await driver.domainState(running.uuid)).state, 1, 'the restarted guest was left running');
-      assert.equal(byId.get('c-stop')?.schema, 'virtbus.command-result/1');
-      assert.equal(byId.get('c-stop')?.host, HOST);
+      assert.equal(byId.get(IDS['c-stop'])?.schema, 'virtbus.command-result/1');
+      assert.equal(byId.get(IDS['c-stop'])?.host, HOST);
     } finally {
       await model.close();
     }

@@ -206,7 +206,12 @@ replaced by \`_\` (\`cmp-01.example.org\` → \`cmp-01_example_org\`), so a dott
 Transitions: Nova's \`started stopped paused resumed postcopy_started migration_completed\`
 (\`nova_transition\` carries Nova's name), the lifecycle events Nova drops
 \`defined undefined shutdown pmsuspended crashed\`, \`rebooted\` (VIR_DOMAIN_EVENT_ID_REBOOT) and the
-snapshot pair \`sync\`/\`sync_end\`.
+snapshot pair \`sync\`/\`sync_end\`. A SUSPENDED/MIGRATED event is \`migration_completed\` when its
+migration job completed and \`paused\` otherwise (failed migrations too: Nova bug #1788014); when the
+job cannot be read at all — an unexpected libvirt error, or libvirt disconnected — nothing is
+published, as Nova's callback queues nothing then (its job query raises); the bridge logs a warning,
+and the state reaches the consumer through the next snapshot (a reconnect snapshot follows a lost
+connection).
 
 | field | meaning |
 |---|---|
@@ -235,7 +240,10 @@ ${block("A `paused` event, its live `power_state` read at dispatch. Had the gues
 At start, after every libvirt reconnect, every \`bridge.resyncIntervalSeconds\` and after a native
 queue overflow the bridge publishes one \`sync\` per domain and then one \`sync_end\` listing them all.
 A consumer treats rows of that host that are missing from \`instance_uuids\` (and unchanged since
-\`taken_at\`) as domains that vanished (NOSTATE). These were captured with \`amqp.format = oslo\`:
+\`taken_at\`) as domains that vanished (NOSTATE). A domain whose STOPPED is being held (Nova's delay)
+gets **no** \`sync\` — the held STOPPED speaks for it: published as \`stopped\` when the delay ends, or
+cancelled by the event that ends the reboot — but it is still listed in \`instance_uuids\`, so it does
+not look vanished; \`snapshot.count\` is the number of \`sync\` messages. These were captured with \`amqp.format = oslo\`:
 the body is an oslo.messaging v2 envelope whose \`oslo.message\` is a JSON **string**
 (\`event_type\` \`libvirt.domain.lifecycle\`, \`publisher_id\` \`virtbus:<host>\`); shown decoded:
 
@@ -247,12 +255,21 @@ ${block('A `started` in the oslo envelope, raw as it travels:', started, pretty(
 Where Nova's \`_sync_instance_power_state\` calls \`compute_api.stop\` (4b, 4c) or \`force_stop\` (4g,
 4h), the consumer (in \`nova\` mode) sets \`task_state = powering-off\` and sends a command to the
 instance's host. The bridge re-reads the live state, honours \`only_if_power_states\` (Nova's re-check
-before stopping; otherwise outcome \`skipped\`), shuts the domain down gracefully and destroys it after
-\`bridge.commands.gracefulTimeoutMs\` (always for \`force_stop\`, for \`stop\` when
-\`bridge.commands.destroyOnTimeout\`), and answers. Outcomes: \`stopped\`, \`already_stopped\`,
-\`skipped\`, \`failed\` (with \`error\`), \`expired\` (arrived after \`expires_at\`, not executed),
-\`refused\` (read-only bridge or commands disabled). The command is acked only after its result is
-confirmed, so a bridge that dies mid-command gets it again.
+before stopping; otherwise outcome \`skipped\`) and then does what Nova's \`power_off\` does: a clean
+(ACPI) shutdown, skipped when the guest is already shutting down (libvirt \`SHUTDOWN\`) or crashed
+(\`CRASHED\`), as Nova's \`_clean_shutdown\` returns at once for those states; then a destroy unless the
+domain is really shut off — right away for a guest shutting down or crashed, after
+\`bridge.commands.gracefulTimeoutMs\` for a guest that ignores the shutdown (always for \`force_stop\`,
+for \`stop\` when \`bridge.commands.destroyOnTimeout\`, the default; with it false a \`stop\` never
+destroys and answers \`failed\`). Outcomes: \`stopped\` (\`method\` \`shutdown\` or \`destroy\`),
+\`already_stopped\` (only a domain already \`SHUTOFF\`), \`not_found\` (this host has no such domain: it
+may run elsewhere, e.g. after a live migration; never a reason to mark the instance stopped),
+\`skipped\`, \`failed\` (with \`error\`), \`expired\` (arrived after \`expires_at\`, not executed), \`refused\`
+(read-only bridge, commands disabled, or \`expires_at\` beyond the bridge's horizon). \`power_state\`
+is the live Nova power_state read after the command, and \`null\` when the bridge did not read libvirt
+(\`expired\`, \`refused\`, \`not_found\`, \`failed\` while libvirt is disconnected): it then says nothing
+about the guest. The command is acked only after its result is confirmed, so a bridge that dies
+mid-command gets it again.
 
 ${block('`stop` (4b: an active instance found shut off):', stop, pretty(stop.body))}
 ${block('`force_stop` (4g: a stopped instance found running):', forceStop, pretty(forceStop.body))}

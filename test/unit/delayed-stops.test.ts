@@ -1,33 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { DelayedStops, type TimerApi } from '../../src/bridge/delayed-stops';
-
-/** A manual clock: timers fire only when the test advances time. */
-class ManualTimers implements TimerApi {
-  now = 0;
-  #timers = new Map<number, { at: number; callback: () => void }>();
-  #next = 1;
-  setTimeout(callback: () => void, ms: number): unknown {
-    const id = this.#next++;
-    this.#timers.set(id, { at: this.now + ms, callback });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.#timers.delete(handle as number);
-  }
-  advance(ms: number): void {
-    this.now += ms;
-    for (const [id, timer] of [...this.#timers].sort((a, b) => a[1].at - b[1].at)) {
-      if (timer.at <= this.now && this.#timers.has(id)) {
-        this.#timers.delete(id);
-        timer.callback();
-      }
-    }
-  }
-  get pending(): number {
-    return this.#timers.size;
-  }
-}
+import { DelayedStops } from '../../src/bridge/delayed-stops';
+import { ManualTimers } from '../support/manual-timers';
 
 function setup(delay = 15000) {
   const timers = new ManualTimers();
@@ -121,5 +95,19 @@ describe('DelayedStops (Nova _event_emit_delayed)', () => {
     stops.follow('a', 'rebooted-a');
     assert.deepEqual(stops.cancelWithFollowers('a'), ['rebooted-a'], 'cancelled: the followers go out now');
     assert.equal(stops.cancelWithFollowers('a'), undefined);
+  });
+});
+
+describe('DelayedStops: which domains are held (for snapshots)', () => {
+  it('lists exactly the domains with a pending STOPPED, across hold, cancel and release', () => {
+    const { timers, stops } = setup(1000);
+    stops.hold('a', 'stop-a');
+    timers.advance(500);
+    stops.hold('b', 'stop-b');
+    assert.deepEqual([...stops.heldUuids()].sort(), ['a', 'b']);
+    stops.cancel('b');
+    assert.deepEqual([...stops.heldUuids()], ['a']);
+    timers.advance(500);
+    assert.deepEqual([...stops.heldUuids()], [], 'released: no longer held');
   });
 });

@@ -5,7 +5,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Dispatcher } from '../../src/bridge/dispatcher';
+import { Dispatcher, type DispatcherOptions } from '../../src/bridge/dispatcher';
+import type { LifecycleMessage } from '../../src/messages/lifecycle';
+import { ManualTimers } from '../support/manual-timers';
 import type { Outbox, OutboxInput, OutboxRecord } from '../../src/bridge/outbox';
 import type { DomainInfo, NativeConnection, RawDomainEvent } from '../../src/native/contract';
 import { createLogger } from '../../src/util/log';
@@ -14,6 +16,8 @@ import { idleBridgeMetrics } from '../support/bridge-metrics';
 const UUID = '6695eb01-f6a4-8304-79aa-97f2502e193f';
 const EVENT_UNDEFINED = 1;
 const EVENT_STARTED = 2;
+const EVENT_SUSPENDED = 3;
+const DETAIL_SUSPENDED_MIGRATED = 1;
 const EVENT_STOPPED = 5;
 
 class RecordingOutbox implements Outbox {
@@ -39,12 +43,12 @@ class RecordingOutbox implements Outbox {
   }
 }
 
-function event(type: number, seq: number): RawDomainEvent {
+function event(type: number, seq: number, detail = type === EVENT_STOPPED ? 1 : 0): RawDomainEvent {
   return {
     connectionId: 1,
     eventId: 0,
     type,
-    detail: type === EVENT_STOPPED ? 1 : 0,
+    detail,
     uuid: UUID,
     name: 'guest',
     nameTruncated: false,
@@ -54,7 +58,11 @@ function event(type: number, seq: number): RawDomainEvent {
   };
 }
 
-function setup(stopDelayMs: number, connection?: Partial<NativeConnection>) {
+function setup(
+  stopDelayMs: number,
+  connection?: Partial<NativeConnection>,
+  extra: Pick<DispatcherOptions, 'takeQueued' | 'timers' | 'now'> = {},
+) {
   const outbox = new RecordingOutbox();
   const dispatcher = new Dispatcher({
     host: 'compute-1',
@@ -66,9 +74,12 @@ function setup(stopDelayMs: number, connection?: Partial<NativeConnection>) {
     outbox,
     metrics: idleBridgeMetrics(),
     logger: createLogger('silent', 'test'),
+    ...extra,
   });
   const transitions = (): string[] => outbox.appended.map((input) => input.transition);
-  return { dispatcher, transitions };
+  const bodies = (): LifecycleMessage[] =>
+    outbox.appended.map((input) => JSON.parse(input.body.toString()) as LifecycleMessage);
+  return { dispatcher, transitions, bodies };
 }
 
 describe('dispatcher order around a delayed STOPPED', () => {
@@ -118,7 +129,10 @@ describe('dispatcher: events Nova does not see, around a held STOPPED', () => {
     const { dispatcher, transitions } = setup(30);
     await dispatcher.handleEvents([event(EVENT_STOPPED, 1), event(EVENT_UNDEFINED, 2)]);
     assert.deepEqual(transitions(), [], 'nothing overtakes the held stop');
-    await sleep(80);
+    // Until released (30 ms) and flushed: on a loaded machine the release timer and a fixed sleep can
+    // expire in the same turn, before the flush.
+    const deadline = Date.now() + 5000;
+    while (transitions().length < 2 && Date.now() < deadline) await sleep(10);
     assert.deepEqual(transitions(), ['stopped', 'undefined']);
   });
 
@@ -189,5 +203,163 @@ describe('dispatcher snapshots', () => {
     await Promise.all([running, ...waiting, periodic]);
     assert.equal(calls, 3, 'the running one, one for the three waiting overflow requests, the periodic one');
     assert.equal(transitions().filter((t) => t === 'sync_end').length, 3);
+  });
+});
+
+describe('snapshots and a held STOPPED (issue 9, 4d)', () => {
+  const OTHER = '0c3e7bd2-4a0e-4bd1-9a8e-2f6c1f3f8a11';
+  const listing: DomainInfo[] = [
+    { uuid: UUID, name: 'guest', active: false, persistent: true, state: 5, reason: 2 }, // SHUTOFF
+    { uuid: OTHER, name: 'other', active: true, persistent: true, state: 1, reason: 1 },
+  ];
+  const connection = (more: Partial<NativeConnection> = {}): Partial<NativeConnection> => ({
+    listAllDomains: () => Promise.resolve(listing),
+    domainStates: (uuids) => Promise.resolve(uuids.map(() => ({ state: 1, reason: 1 }))),
+    ...more,
+  });
+  const syncsOf = (bodies: LifecycleMessage[], uuid: string) =>
+    bodies.filter((b) => b.transition === 'sync' && b.instance_uuid === uuid);
+
+  it('a domain whose STOPPED is held gets no sync but stays in sync_end; the STARTED that cancels it follows', async () => {
+    const timers = new ManualTimers();
+    const { dispatcher, transitions, bodies } = setup(15000, connection(), { timers, now: () => timers.now });
+    await dispatcher.handleEvents([event(EVENT_STOPPED, 1)]);
+    timers.advance(5000);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(syncsOf(bodies(), UUID), [], 'no sync (power_state 4) for the held domain');
+    assert.equal(syncsOf(bodies(), OTHER).length, 1, 'the other domain is described');
+    const end = bodies().find((b) => b.transition === 'sync_end');
+    assert.deepEqual([...(end?.instance_uuids ?? [])].sort(), [OTHER, UUID].sort(), 'listed: not vanished');
+    assert.equal(end?.snapshot?.count, 1, 'count is the number of sync messages');
+    await dispatcher.handleEvents([event(EVENT_STARTED, 2)]);
+    timers.advance(60000);
+    await sleep(5);
+    assert.deepEqual(transitions(), ['sync', 'sync_end', 'started'], 'no stopped: the reboot window closed');
+  });
+
+  it('a STOPPED held through a snapshot and then released is published as stopped after it', async () => {
+    const timers = new ManualTimers();
+    const { dispatcher, transitions, bodies } = setup(15000, connection(), { timers, now: () => timers.now });
+    await dispatcher.handleEvents([event(EVENT_STOPPED, 1)]);
+    await dispatcher.snapshot('periodic');
+    timers.advance(15000);
+    while (transitions().length < 3) await sleep(2);
+    assert.deepEqual(transitions(), ['sync', 'sync_end', 'stopped']);
+    assert.equal(bodies()[2]?.delayed_ms, 15000);
+  });
+
+  it('a STOPPED still in the native queue when the listing returns is held before the snapshot decides', async () => {
+    const timers = new ManualTimers();
+    const order: string[] = [];
+    let queued: RawDomainEvent[] = [event(EVENT_STOPPED, 1)];
+    const { dispatcher, transitions, bodies } = setup(
+      15000,
+      connection({
+        listAllDomains: () => {
+          order.push('list');
+          return Promise.resolve(listing);
+        },
+      }),
+      {
+        timers,
+        now: () => timers.now,
+        takeQueued: () => {
+          order.push('take');
+          const taken = queued;
+          queued = [];
+          return taken;
+        },
+      },
+    );
+    await dispatcher.snapshot('reconnect');
+    assert.deepEqual(order, ['list', 'take'], 'the queue is taken after the listing');
+    assert.deepEqual(syncsOf(bodies(), UUID), []);
+    assert.equal(dispatcher.delayedStopsPending, 1, 'the taken STOPPED is held, as any other');
+    await dispatcher.handleEvents([event(EVENT_STARTED, 2)]);
+    assert.deepEqual(transitions(), ['sync', 'sync_end', 'started']);
+  });
+
+  it('a hold cancelled while the listing runs still withholds the domain; the cancelling STARTED follows the snapshot', async () => {
+    const timers = new ManualTimers();
+    const late: { dispatcher?: Dispatcher } = {};
+    const built = setup(
+      15000,
+      connection({
+        listAllDomains: () => {
+          // The guest starts again while libvirt answers: the listing may still show it SHUTOFF.
+          void late.dispatcher?.handleEvents([event(EVENT_STARTED, 2)]);
+          return Promise.resolve(listing);
+        },
+      }),
+      { timers, now: () => timers.now },
+    );
+    const dispatcher = built.dispatcher;
+    late.dispatcher = dispatcher;
+    await dispatcher.handleEvents([event(EVENT_STOPPED, 1)]);
+    await dispatcher.snapshot('periodic');
+    await dispatcher.handleEvents([]);
+    assert.deepEqual(syncsOf(built.bodies(), UUID), []);
+    assert.deepEqual(built.transitions(), ['sync', 'sync_end', 'started']);
+  });
+
+  it('a domain not held is described as before, even when stopped and released earlier', async () => {
+    const timers = new ManualTimers();
+    const { dispatcher, transitions, bodies } = setup(15000, connection(), { timers, now: () => timers.now });
+    await dispatcher.handleEvents([event(EVENT_STOPPED, 1)]);
+    timers.advance(15000);
+    while (transitions().length < 1) await sleep(2);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(transitions(), ['stopped', 'sync', 'sync', 'sync_end']);
+    assert.equal(syncsOf(bodies(), UUID)[0]?.power_state, 4, 'a guest that stayed off is reported off');
+  });
+});
+
+describe('SUSPENDED/MIGRATED job check (issue 9, 4f)', () => {
+  function libvirtError(code: number, message: string): Error {
+    return Object.assign(new Error(message), {
+      name: 'LibvirtError',
+      libvirtCode: code,
+      libvirtDomain: 10,
+      libvirtLevel: 2,
+    });
+  }
+  const states = (uuids: readonly string[]) => Promise.resolve(uuids.map(() => ({ state: 3, reason: 2 })));
+  const migrated = () => [event(EVENT_SUSPENDED, 1, DETAIL_SUSPENDED_MIGRATED)];
+
+  it('a job query failing with an unexpected libvirt error publishes nothing, as Nova queues nothing', async () => {
+    const { dispatcher, transitions } = setup(0, {
+      jobType: () => Promise.reject(libvirtError(1, 'internal error: unexpected')),
+      domainStates: states,
+    });
+    await dispatcher.handleEvents(migrated());
+    await dispatcher.handleEvents([event(EVENT_STARTED, 2)]);
+    assert.deepEqual(transitions(), ['started'], 'the lane goes on with the next event');
+  });
+
+  it('nothing either without a libvirt connection (the reconnect snapshot carries the state)', async () => {
+    const { dispatcher, transitions } = setup(0);
+    await dispatcher.handleEvents(migrated());
+    assert.deepEqual(transitions(), []);
+  });
+
+  it("Nova's decided cases are still published: completed, vanished, failed", async () => {
+    const cases: Array<[Partial<NativeConnection>, string]> = [
+      [{ jobType: () => Promise.resolve(3) }, 'migration_completed'],
+      [{ jobType: () => Promise.reject(libvirtError(42, 'no domain')) }, 'migration_completed'],
+      [{ jobType: () => Promise.resolve(4) }, 'paused'],
+      [{ jobType: () => Promise.resolve(0), isActive: () => Promise.resolve(true) }, 'paused'],
+      [
+        {
+          jobType: () => Promise.resolve(0),
+          isActive: () => Promise.reject(libvirtError(1, 'internal error')),
+        },
+        'paused',
+      ],
+    ];
+    for (const [fake, expected] of cases) {
+      const { dispatcher, transitions } = setup(0, { ...fake, domainStates: states });
+      await dispatcher.handleEvents(migrated());
+      assert.deepEqual(transitions(), [expected]);
+    }
   });
 });

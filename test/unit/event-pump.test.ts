@@ -89,3 +89,36 @@ describe('event pump', () => {
     ]);
   });
 });
+
+describe('event pump: takeQueued (a snapshot accounting for queued events)', () => {
+  it('hands the queued events to the caller and leaves the closes and drops it met to the pump', async () => {
+    const log: string[] = [];
+    const pump = new EventPump(
+      scriptedBinding(
+        [
+          { events: events(1, 3), closes: [{ connectionId: 1, reason: 1 }], overflowed: 2 },
+          { events: events(4, 1), closes: [], overflowed: 0 },
+        ],
+        16384,
+      ),
+      {
+        events: async (batch) => {
+          await Promise.resolve();
+          log.push(`events ${batch[0]?.seq}..${batch[batch.length - 1]?.seq}`);
+        },
+        close: () => log.push('close'),
+        overflow: (dropped) => log.push(`overflow ${dropped}`),
+      },
+      createLogger('silent', 'test'),
+    );
+    const taken = pump.takeQueued();
+    assert.deepEqual(
+      taken.map((e) => e.seq),
+      [1, 2, 3],
+    );
+    assert.deepEqual(log, [], 'nothing handled synchronously');
+    await new Promise((resolve) => setImmediate(resolve));
+    await pump.settled();
+    assert.deepEqual(log, ['events 4..4', 'overflow 2', 'close']);
+  });
+});

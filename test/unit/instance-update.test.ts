@@ -102,11 +102,13 @@ function randomRow(next: () => number, index: number): InstanceRow {
     event_boot_id: null,
     event_seq: null,
     pending_command_id: null,
+    pending_command_host: null,
     pending_action: null,
     command_deadline_ms: null,
     last_action: null,
     last_action_at: null,
     last_error: null,
+    migration: null,
     attrs,
     version: 1,
   };

@@ -123,9 +123,11 @@ describe('translate (libvirt event → transition)', () => {
 
 describe('SUSPENDED_MIGRATED job check (Nova find_job_type)', () => {
   it('a completed job is migration_completed; anything else paused', () => {
-    assert.equal(transitionForJob(jobTypeFromQuery({ jobType: JobType.COMPLETED })), 'migration_completed');
+    assert.equal(jobTypeFromQuery({ jobType: JobType.COMPLETED }), JobType.COMPLETED);
+    assert.equal(transitionForJob(JobType.COMPLETED), 'migration_completed');
     for (const type of [JobType.BOUNDED, JobType.UNBOUNDED, JobType.FAILED, JobType.CANCELLED]) {
-      assert.equal(transitionForJob(jobTypeFromQuery({ jobType: type })), 'paused');
+      assert.equal(jobTypeFromQuery({ jobType: type }), type);
+      assert.equal(transitionForJob(type), 'paused');
     }
   });
 
@@ -134,9 +136,9 @@ describe('SUSPENDED_MIGRATED job check (Nova find_job_type)', () => {
     assert.equal(jobTypeFromQuery({ error: 'operation-invalid' }), JobType.COMPLETED);
   });
 
-  it('"no RAM info" is NONE; other errors FAILED', () => {
+  it('"no RAM info" is NONE; any other error is re-raised by get_job_info: no job type (Nova queues nothing)', () => {
     assert.equal(jobTypeFromQuery({ error: 'no-ram-info' }), JobType.NONE);
-    assert.equal(jobTypeFromQuery({ error: 'other' }), JobType.FAILED);
+    assert.equal(jobTypeFromQuery({ error: 'other' }), null);
   });
 
   it('a NONE job: still active → failed (paused); gone → completed', () => {

@@ -117,7 +117,7 @@ export function acquireLock(dir: string): () => void {
   const mine = currentOwner();
   const text = `${JSON.stringify(mine)}\n`;
   const temporary = join(dir, `${LOCK_FILE}.${process.pid}.tmp`);
-  const fd = openSync(temporary, 'w', 0o644);
+  const fd = openSync(temporary, 'w', 0o600);
   try {
     writeSync(fd, text);
     fsyncSync(fd);

@@ -1,5 +1,6 @@
 /** `virtbus config [--role bridge|consumer] [--json]`: validate and print the effective configuration, secrets redacted. */
-import { loadConfig, redactedConfig } from '../../config/load';
+import { loadConfig } from '../../config/load';
+import { redactedConfig } from '../../config/redact';
 import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
 
 const HELP = `Usage: virtbus config [--role bridge|consumer] [config flags]

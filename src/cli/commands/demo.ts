@@ -1,8 +1,9 @@
-/** `virtbus demo [--keep] [--stop-delay-ms N]`: the whole pipeline on a private sandbox. */
+/** `virtbus demo [--hypervisor test|qemu] [--keep] [--stop-delay-ms N]`: the whole pipeline on a private sandbox. */
 import { Demo } from '../../demo/story';
+import { QemuDemo } from '../../demo/qemu-story';
 import { parseArgs, UsageError } from '../usage';
 
-const HELP = `Usage: virtbus demo [--keep] [--stop-delay-ms N] [--no-color]
+const HELP = `Usage: virtbus demo [--hypervisor test|qemu] [--keep] [--stop-delay-ms N] [--no-color]
 
 Starts a private libvirtd (test driver) and RabbitMQ node, the bridge and the consumer on SQLite,
 imports three instances and plays a short story — boot, pause, resume, reboot, a guest destroyed
@@ -10,7 +11,13 @@ behind the system's back, a domain started while its row says stopped — showin
 crosses the bus and the instance table converging, with the action Nova takes. Needs root (the
 private libvirtd runs in its own mount namespace). \`npm run demo\` installs what is missing first.
 
+With --hypervisor qemu the story runs on real QEMU guests (TCG) under two private qemu libvirtds,
+each with its own bridge: a real boot, a reboot the guest does itself, a live migration from one host
+to the other and a guest panic. About two minutes; needs qemu-system-x86 and the guest image that
+\`npm run setup\` builds (built on first use otherwise).
+
 Options:
+  --hypervisor H      test (default: libvirt's test driver, fast, no QEMU) or qemu (real guests)
   --keep              leave everything running at the end, until Ctrl-C
   --stop-delay-ms N   the delayed-STOPPED window (default 3000 here; Nova's and virtbus' default is 15000)
   --no-color          plain output
@@ -20,6 +27,7 @@ Ctrl-C at any time stops and removes everything the demo started.
 export async function run(argv: readonly string[]): Promise<number> {
   const args = parseArgs(argv, {
     keep: { value: false },
+    hypervisor: { value: true },
     'stop-delay-ms': { value: true },
     'no-color': { value: false },
   });
@@ -31,7 +39,11 @@ export async function run(argv: readonly string[]): Promise<number> {
   const delay = Number(args.flags.get('stop-delay-ms')?.[0] ?? 3000);
   if (!Number.isInteger(delay) || delay < 0)
     throw new UsageError('--stop-delay-ms must be a whole number of milliseconds');
-  const demo = new Demo({
+  const hypervisor = args.flags.get('hypervisor')?.[0] ?? 'test';
+  if (hypervisor !== 'test' && hypervisor !== 'qemu')
+    throw new UsageError('--hypervisor must be test or qemu');
+  const Story = hypervisor === 'qemu' ? QemuDemo : Demo;
+  const demo = new Story({
     keep: args.flags.has('keep'),
     stopDelayMs: delay,
     colour: !args.flags.has('no-color') && process.stdout.isTTY === true,

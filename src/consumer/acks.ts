@@ -1,0 +1,126 @@
+/**
+ * Acknowledgement bookkeeping of the consumer's channels, apart from the service that decides what
+ * to acknowledge: a delivery's life from the broker to its ack, and the `multiple`-ack window that
+ * lets one frame settle a whole batch. Kept apart because its invariants (ack only up to the oldest
+ * delivery still in hand; never ack on a closed channel) are its own and are easier to check alone.
+ */
+import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+import type { ProcessedInfo } from './service';
+
+/** The channels of one broker connection (one generation): consuming, publishing, depth polling. */
+export interface Channels {
+  readonly generation: number;
+  readonly consume: Channel;
+  readonly publish: ConfirmChannel;
+  depth: Channel | undefined;
+  acks: Acks | undefined;
+  tags: string[];
+  subscribing: boolean;
+  /** #resume was asked for while a subscription was in progress: check again when it ends. */
+  resumeAgain: boolean;
+  open: boolean;
+}
+
+/** A message from its delivery to its acknowledgement. */
+export interface Delivery {
+  readonly queue: 'lifecycle' | 'result';
+  readonly channels: Channels;
+  readonly message: ConsumeMessage;
+  /** 0: in hand; 1: done, to be acknowledged; 2: settled with the broker (acknowledged or returned). */
+  state: 0 | 1 | 2;
+  /** Done out of delivery order (counted in Acks' backlog). */
+  behind: boolean;
+  info: ProcessedInfo | undefined;
+}
+
+/**
+ * Acknowledges the deliveries of one channel with as few frames as possible: `multiple` acks up to
+ * the newest delivery below which everything is done, so one frame usually covers a whole batch.
+ * When deliveries done out of order pile up behind one still in hand (a slow dead-letter publish),
+ * they are acknowledged one by one, so the prefetch window keeps moving.
+ */
+export class Acks {
+  #order: Delivery[] = [];
+  #head = 0;
+  #backlog = 0;
+
+  constructor(
+    readonly channels: Channels,
+    readonly backlogLimit: number,
+    readonly acked: (deliveries: readonly Delivery[]) => void,
+    readonly failed: (error: unknown) => void,
+  ) {}
+
+  add(delivery: Delivery): void {
+    this.#order.push(delivery);
+  }
+
+  /** These deliveries are done (their info set): acknowledge them as soon as order allows. */
+  complete(deliveries: readonly Delivery[]): void {
+    for (const delivery of deliveries) delivery.state = 1;
+    this.#advance();
+    for (const delivery of deliveries)
+      if (delivery.state === 1 && !delivery.behind) {
+        delivery.behind = true;
+        this.#backlog += 1;
+      }
+    if (this.#backlog >= this.backlogLimit) this.#ackBacklog();
+  }
+
+  /** The broker already settled this delivery (it was returned to its queue). */
+  settled(delivery: Delivery): void {
+    delivery.state = 2;
+    this.#advance();
+  }
+
+  #advance(): void {
+    const order = this.#order;
+    let last: Delivery | undefined;
+    const done: Delivery[] = [];
+    while (this.#head < order.length && (order[this.#head] as Delivery).state !== 0) {
+      const delivery = order[this.#head] as Delivery;
+      this.#head += 1;
+      if (delivery.behind) this.#backlog -= 1;
+      if (delivery.state === 1) {
+        delivery.state = 2;
+        last = delivery;
+        done.push(delivery);
+      }
+    }
+    if (this.#head > 1024 && this.#head * 2 > order.length) {
+      order.splice(0, this.#head);
+      this.#head = 0;
+    }
+    if (last && this.#send(last.message, true)) this.acked(done);
+  }
+
+  #ackBacklog(): void {
+    const done: Delivery[] = [];
+    const waiting: Delivery[] = [];
+    for (let index = this.#head; index < this.#order.length; index += 1) {
+      const delivery = this.#order[index] as Delivery;
+      if (delivery.state === 0) waiting.push(delivery);
+      else if (delivery.state === 1) {
+        delivery.state = 2;
+        delivery.behind = false;
+        if (this.#send(delivery.message, false)) done.push(delivery);
+      }
+    }
+    // Only the deliveries still in hand stay (settled ones need no more attention).
+    this.#order = waiting;
+    this.#head = 0;
+    this.#backlog = 0;
+    if (done.length > 0) this.acked(done);
+  }
+
+  #send(message: ConsumeMessage, multiple: boolean): boolean {
+    if (!this.channels.open) return false;
+    try {
+      this.channels.consume.ack(message, multiple);
+      return true;
+    } catch (error) {
+      this.failed(error);
+      return false;
+    }
+  }
+}

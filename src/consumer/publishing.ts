@@ -1,0 +1,141 @@
+/**
+ * What the consumer publishes, apart from the service's message flow: one confirmed publish on the
+ * current confirm channel, the properties a dead-lettered message carries (the original's, plus the
+ * reason and where it came from), and the shape of a stop command on the wire. Kept apart so the
+ * service reads as the pipeline it is, and so the command's wire properties have one home.
+ */
+import type { ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
+import { commandRoutingKey, type StopCommand } from '../messages/command';
+import { APP_ID } from '../messages/lifecycle';
+import { isoMicros, nowMicros } from '../util/time';
+import type { Channels } from './acks';
+
+export const REASON_HEADER = 'x-virtbus-reason';
+
+/** Publishes on the confirm channel; resolves when the broker confirms, rejects on a nack or when closed. */
+export function publishConfirmed(
+  channels: Channels | undefined,
+  exchange: string,
+  routingKey: string,
+  content: Buffer,
+  options: Options.Publish,
+): Promise<void> {
+  if (!channels?.open) return Promise.reject(new Error('not connected to the broker'));
+  return new Promise<void>((resolve, reject) => {
+    try {
+      channels.publish.publish(exchange, routingKey, content, options, (error: unknown) =>
+        error
+          ? reject(error instanceof Error ? error : new Error('publish nacked by the broker'))
+          : resolve(),
+      );
+    } catch (error) {
+      reject(error instanceof Error ? error : new Error(String(error)));
+    }
+  });
+}
+
+/**
+ * The properties of a message re-published to the dead-letter exchange: the original's, with the
+ * reason and the message's origin in headers.
+ */
+export function deadLetterOptions(
+  message: ConsumeMessage,
+  reason: string,
+  queueName: string,
+): Options.Publish {
+  const properties = message.properties;
+  const headers: Record<string, unknown> = {
+    ...properties.headers,
+    [REASON_HEADER]: reason,
+    'x-virtbus-queue': queueName,
+    'x-virtbus-original-exchange': message.fields.exchange,
+    'x-virtbus-original-routing-key': message.fields.routingKey,
+    'x-virtbus-dead-lettered-at': isoMicros(nowMicros()),
+  };
+  const options: Options.Publish = { headers, persistent: true };
+  if (properties.contentType) options.contentType = properties.contentType as string;
+  if (properties.contentEncoding) options.contentEncoding = properties.contentEncoding as string;
+  if (properties.messageId) options.messageId = properties.messageId as string;
+  if (properties.type) options.type = properties.type as string;
+  if (properties.appId) options.appId = properties.appId as string;
+  if (properties.timestamp) options.timestamp = properties.timestamp as number;
+  if (properties.correlationId) options.correlationId = properties.correlationId as string;
+  return options;
+}
+
+/**
+ * A stop command on the wire: routing key, body and properties (expiring after ttlMs). `userId` is
+ * the consumer's broker user: the broker refuses any other value, so a bridge can trust it names the
+ * consumer. `mandatory`: a command no queue takes comes back (basic.return) instead of vanishing.
+ */
+export function commandMessage(
+  command: StopCommand,
+  ttlMs: number,
+  userId = '',
+): { routingKey: string; content: Buffer; options: Options.Publish } {
+  return {
+    routingKey: commandRoutingKey(command.host),
+    content: Buffer.from(JSON.stringify(command)),
+    options: {
+      ...(userId ? { userId } : {}),
+      mandatory: true,
+      persistent: true,
+      contentType: 'application/json',
+      messageId: command.command_id,
+      appId: APP_ID,
+      type: command.schema,
+      timestamp: Math.floor(Date.now() / 1000),
+      expiration: String(ttlMs),
+    },
+  };
+}
+
+/** A stop command the broker could not route to any queue (no bridge queue bound for its host). */
+export class CommandReturnedError extends Error {
+  override readonly name = 'CommandReturnedError';
+}
+
+/** Message ids returned by the broker on each confirm channel, until their confirm arrives. */
+const returnedIds = new WeakMap<ConfirmChannel, Set<string>>();
+
+/**
+ * Records what the broker returns on this channel. The broker sends basic.return before the
+ * basic.ack of the same message, so when a command's confirm arrives its return (if any) is known.
+ */
+export function watchReturns(channel: ConfirmChannel, onReturn: (message: Message) => void): void {
+  const ids = new Set<string>();
+  returnedIds.set(channel, ids);
+  channel.on('return', (message: Message) => {
+    const id = message.properties.messageId as unknown;
+    if (typeof id === 'string') ids.add(id);
+    onReturn(message);
+  });
+}
+
+/**
+ * Publishes a stop command and resolves once the broker confirmed it AND routed it: a returned
+ * (unroutable) command rejects with CommandReturnedError, so the caller's publish-failure path runs
+ * instead of the command timing out unseen.
+ */
+export async function publishCommand(
+  channels: Channels | undefined,
+  exchange: string,
+  command: StopCommand,
+  ttlMs: number,
+  userId: string,
+): Promise<void> {
+  const { routingKey, content, options } = commandMessage(command, ttlMs, userId);
+  const ids = channels ? returnedIds.get(channels.publish) : undefined;
+  let failure: Error | undefined;
+  try {
+    await publishConfirmed(channels, exchange, routingKey, content, options);
+  } catch (error) {
+    failure = error instanceof Error ? error : new Error(String(error));
+  }
+  // A return outranks whatever else happened to the publish.
+  if (ids?.delete(command.command_id))
+    throw new CommandReturnedError(
+      `stop command returned by the broker: no queue bound for routing key ${routingKey} on ${exchange}`,
+    );
+  if (failure !== undefined) throw failure;
+}
