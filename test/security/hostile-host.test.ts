@@ -365,12 +365,14 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
       ['deeply nested objects', `${'{"a":'.repeat(150_000)}1${'}'.repeat(150_000)}`],
       ['an unknown schema', JSON.stringify({ schema: 'virtbus.lifecycle/99', host: HOST_A })],
       [
-        'a sync_end listing far too many guests',
+        // More entries than the consumer's snapshot bound, cheap enough to fit under max_message_size:
+        // a list whose cost (a scan per entry) is the attack.
+        'a sync_end listing far too many entries',
         lifecycle({
           host: HOST_A,
           transition: 'sync_end',
           snapshot: { id: randomUUID(), reason: 'periodic', count: 0, taken_at: isoMicros(nowMicros()) },
-          instanceUuids: Array.from({ length: 25_000 }, () => randomUUID()),
+          instanceUuids: Array.from({ length: 150_000 }, () => '0'),
         }),
       ],
       [
