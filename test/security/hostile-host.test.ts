@@ -106,7 +106,10 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
       30000,
       100,
     ).catch((error: unknown) => {
-      throw new Error(`${String(error)}; ${what} stderr: ${service.stderr()}`);
+      const warnings = service.logs.filter((l) => Number(l.level) >= 40).slice(-10);
+      throw new Error(
+        `${String(error)}; ${what} stderr: ${service.stderr()}; log: ${JSON.stringify(warnings)}`,
+      );
     });
   };
 
