@@ -94,6 +94,8 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
       VIRTBUS_HOST: host,
       VIRTBUS_LIBVIRT_URI: libvirtd.uri,
       VIRTBUS_AMQP_URL: broker.url(user),
+      // Production mode: the definitions declare everything, the bridge only checks.
+      VIRTBUS_BRIDGE_DECLARE_TOPOLOGY: 'false',
       VIRTBUS_STOP_DELAY_MS: '0',
       VIRTBUS_GRACEFUL_SHUTDOWN_TIMEOUT_MS: '1000',
     });
