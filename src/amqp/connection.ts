@@ -4,7 +4,7 @@
  * channels and re-declare its topology on every (re)connect. TLS (amqps://) verifies the broker by
  * default; credentials never reach the log (URLs are redacted).
  */
-import { connect, type ChannelModel } from 'amqplib';
+import { connect, credentials, type ChannelModel } from 'amqplib';
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../util/log';
@@ -78,6 +78,9 @@ export function socketOptions(
     ...(tls.passphrase ? { passphrase: tls.passphrase } : {}),
     rejectUnauthorized: tls.verify,
     servername: new URL(url).hostname,
+    // A client certificate and no user in the URL: log in as the certificate (SASL EXTERNAL,
+    // rabbitmq_auth_mechanism_ssl), the user being its CN. With a user in the URL, PLAIN as before.
+    ...(tls.certFile && new URL(url).username === '' ? { credentials: credentials.external() } : {}),
   };
 }
 

@@ -35,11 +35,15 @@ export const EXECUTED_IDS_FILE = 'executed-commands.jsonl';
 
 /**
  * What the publisher declares (development) or checks (default): the lifecycle exchange and its
- * alternate exchange. Passively only the exchanges: the unroutable queue is not the bridge's to read.
+ * alternate exchange. Passively only the lifecycle exchange it publishes to: a per-host broker user
+ * has no permission at all on the alternate exchange and its queue (RabbitMQ refuses even a passive
+ * declare there with ACCESS_REFUSED), and the broker, not the bridge, routes into them.
  */
 function bridgeLifecycleTopology(config: VirtbusConfig): Topology {
   const full = lifecycleExchangeTopology(config.amqp.exchange, config.amqp.unroutableExchange);
-  return config.bridge.declareTopology ? full : { exchanges: full.exchanges, queues: [], bindings: [] };
+  return config.bridge.declareTopology
+    ? full
+    : { exchanges: full.exchanges.filter((e) => e.name === config.amqp.exchange), queues: [], bindings: [] };
 }
 
 export class Bridge {

@@ -5,6 +5,7 @@
  * secrets come as files, and each container's environment is a valid configuration for
  * `virtbus config` once the references are resolved.
  */
+import { hostSegment } from '../../src/messages/lifecycle';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -192,6 +193,27 @@ function container(w: Workload): Container {
   return containers[0]!;
 }
 
+/** The bridge's broker credential: a file provisioned on each node, never a cluster-wide Secret. */
+const NODE_CREDENTIALS = '/etc/virtbus/credentials';
+
+/** Where a bridge's *_FILE path comes from: its node's own credential directory, mounted read-only. */
+function nodeCredentialSource(w: Workload, path: string): { mount: VolumeMount; file: string } {
+  const c = container(w);
+  const mount = c.volumeMounts.find((m) => path.startsWith(`${m.mountPath}/`));
+  assert.ok(mount, `${w.metadata.name}: ${path} lies in a mounted volume`);
+  const volume = w.spec.template.spec.volumes.find((v) => v.name === mount.name);
+  assert.ok(
+    !volume?.secret,
+    `${w.metadata.name}: ${path} must not come from a Secret (the same on every node)`,
+  );
+  assert.deepEqual(
+    volume?.hostPath,
+    { path: NODE_CREDENTIALS, type: 'Directory' },
+    `${w.metadata.name}: ${path} comes from the node's own credential directory`,
+  );
+  return { mount, file: path.slice(mount.mountPath.length + 1) };
+}
+
 /** Where a *_FILE path comes from: the mount, its Secret volume and the item. */
 function secretSource(
   w: Workload,
@@ -298,8 +320,8 @@ describe('deploy/kubernetes manifests', () => {
     const hostPaths = pod.volumes.filter((v) => v.hostPath);
     assert.deepEqual(
       hostPaths.map((v) => v.hostPath?.path).sort(),
-      ['/run/libvirt', '/var/lib/virtbus-bridge'],
-      'host paths: the libvirt socket directory and the outbox journal, nothing else',
+      [NODE_CREDENTIALS, '/run/libvirt', '/var/lib/virtbus-bridge'],
+      "host paths: the node's own credential, the libvirt socket directory and the outbox journal, nothing else",
     );
     const socket = hostPaths.find((v) => v.hostPath?.path === '/run/libvirt')!;
     assert.equal(socket.hostPath?.type, 'Directory');
@@ -348,6 +370,11 @@ describe('deploy/kubernetes manifests', () => {
         assert.ok(!entry.valueFrom?.secretKeyRef, `${name}: ${entry.name}: secrets as files, not env`);
         if (!known.sensitive) continue;
         assert.ok(entry.name.endsWith('_FILE'), `${name}: secret ${entry.name} comes from a file`);
+        if (kind === 'DaemonSet') {
+          // One identity per node: the broker user in it is the node's routing segment.
+          assert.equal(nodeCredentialSource(w, String(entry.value)).mount.readOnly, true);
+          continue;
+        }
         const { mount, secretName, item } = secretSource(w, String(entry.value));
         assert.equal(mount.readOnly, true);
         const secret = secrets().find((x) => x.metadata.name === secretName);
@@ -418,6 +445,28 @@ describe('deploy/kubernetes manifests', () => {
         for (const entry of container(w).env) {
           if (entry.valueFrom?.fieldRef) {
             env[entry.name] = 'cmp-01.example.org';
+          } else if (entry.name.endsWith('_FILE') && kind === 'DaemonSet') {
+            // The node's own credential, as the generator writes it for this node (cmp-01.example.org).
+            const { file } = nodeCredentialSource(w, String(entry.value));
+            assert.equal(file, 'amqp-url');
+            const passwords = join(scratch, 'passwords');
+            const generated = await run(
+              process.execPath,
+              [
+                join(REPO, 'bin', 'virtbus'),
+                'broker',
+                'definitions',
+                '--hosts',
+                'cmp-01.example.org,cmp-02.example.org',
+                '--passwords',
+                passwords,
+                '--broker-url',
+                'amqps://rabbitmq.example.org:5671',
+              ],
+              { env: { PATH: process.env.PATH ?? '' } },
+            );
+            assert.equal(generated.code, 0, generated.stderr);
+            env[entry.name] = join(passwords, `${hostSegment('cmp-01.example.org')}.${file}`);
           } else if (entry.name.endsWith('_FILE')) {
             // The example Secret's value, where the mounted file would be.
             const { secretName, item } = secretSource(w, String(entry.value));
@@ -439,7 +488,11 @@ describe('deploy/kubernetes manifests', () => {
           metrics: { host: string; port: number };
         };
         assert.equal(config.metrics.host, '0.0.0.0');
-        assert.match(config.amqp.url, /^amqps:\/\/virtbus-(bridge|consumer):\*+@/);
+        assert.match(
+          config.amqp.url,
+          role === 'bridge' ? /^amqps:\/\/cmp-01_example_org:\*+@/ : /^amqps:\/\/virtbus-consumer:\*+@/,
+          "the bridge logs in as its node's own user, the consumer as virtbus-consumer",
+        );
         if (role === 'bridge') assert.equal(config.host, 'cmp-01.example.org');
       } finally {
         rmSync(scratch, { recursive: true, force: true });

@@ -518,6 +518,7 @@ describe('deploy/rabbitmq/definitions.json imported into a private RabbitMQ node
       VIRTBUS_HOST: HOST,
       VIRTBUS_LIBVIRT_URI: libvirtd.uri,
       VIRTBUS_AMQP_URL: url('bridge'),
+      VIRTBUS_BRIDGE_DECLARE_TOPOLOGY: 'false',
       VIRTBUS_STOP_DELAY_MS: '0',
       VIRTBUS_OUTBOX_DIR: join(scratch, 'outbox'),
       VIRTBUS_GRACEFUL_SHUTDOWN_TIMEOUT_MS: '1000',
