@@ -226,7 +226,6 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
     await store.upsert([
       instance({ uuid: victim.uuid, host: HOST_B }),
       instance({ uuid: victim2.uuid, host: HOST_B }),
-      instance({ uuid: replayed.uuid, host: HOST_B }),
       instance({ uuid: guestA.uuid, host: HOST_A }),
     ]);
 
@@ -276,9 +275,9 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
   });
 
   it('the real bridges and the consumer run as their own broker users, and the start snapshots left every row as it is', async () => {
-    for (const guest of [victim, victim2, replayed])
-      await assertUntouched(guest.uuid, HOST_B, driverB, guest.name);
+    for (const guest of [victim, victim2]) await assertUntouched(guest.uuid, HOST_B, driverB, guest.name);
     await assertUntouched(guestA.uuid, HOST_A, driverA, guestA.name);
+    assert.equal((await driverB.domainState(replayed.uuid)).state, RUNNING, 'the row-less guest still runs');
     assert.deepEqual(deadLetters, [], 'nothing dead-lettered from the genuine processes');
   });
 
@@ -304,8 +303,7 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
     await deadLettered(sync, "A's sync naming B");
     await deadLettered(end, "A's sync_end naming B with no guests");
     await drained();
-    for (const guest of [victim, victim2, replayed])
-      await assertUntouched(guest.uuid, HOST_B, driverB, guest.name);
+    for (const guest of [victim, victim2]) await assertUntouched(guest.uuid, HOST_B, driverB, guest.name);
   });
 
   it("A's lifecycle event for B's guest under A's own name does not change B's row (stopped, crashed)", async () => {
@@ -463,6 +461,8 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
     assert.equal((await driverB.domainState(target.uuid)).state, RUNNING);
   });
 
+  // The replayed guest has no row: with one, the consumer's own Nova sync would (rightly) stop the
+  // guest the genuine command shut off and force-stop it once restarted, which is not a replay.
   it('B does not execute a replayed command a second time', async () => {
     const genuine = stopCommand(replayed.uuid);
     await commandB(genuine, { userId: CONSUMER });
@@ -535,7 +535,7 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
     }
     for (const id of ids) await deadLettered(id, "A's result for B's command");
     await drained();
-    const after = await row(store, victim2.uuid);
+    const after = await row(store, pendingVictim.uuid);
     assert.equal(after.vm_state, 'active', 'not marked stopped on A’s word');
     assert.equal(after.pending_command_id, pending.pending_command_id, 'still waiting for B');
     assert.equal(after.last_action, pending.last_action);
