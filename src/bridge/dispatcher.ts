@@ -295,7 +295,8 @@ export class Dispatcher {
    * meet an off state whose STOPPED is still on its way — inside a hard reboot, the very window the
    * delay exists for. Such a domain is withheld like a held one, for at most the stop delay from the
    * first snapshot that saw it: a STOPPED that has not come by then is not coming (it would be held
-   * and withheld itself), and the off state is reported.
+   * and withheld itself), and the off state is reported. A domain in libvirt's transient SHUTDOWN
+   * state is withheld so, bounded the same way, even when no event is known for it.
    */
   #unexplainedOff(domains: readonly DomainInfo[], held: ReadonlySet<string>): Set<string> {
     const now = (this.#options.now ?? Date.now)();
@@ -305,11 +306,14 @@ export class Dispatcher {
       listed.add(domain.uuid);
       const power = powerStateOf(domain.state);
       const last = this.#lastEvent.get(domain.uuid);
+      // libvirt's SHUTDOWN state ("being shut down": QEMU got SIGTERM from a destroy, or the guest
+      // powered off and the process is exiting) always ends in SHUTOFF and a STOPPED, whatever the
+      // last events said or whether they are known at all (start, reconnect, overflow snapshots).
+      const goingOff = domain.state === DomainStateCode.SHUTDOWN;
       if (
         held.has(domain.uuid) ||
         (power !== PowerState.SHUTDOWN && power !== PowerState.CRASHED) ||
-        last === undefined ||
-        EXPLAINS_OFF.has(last)
+        (!goingOff && (last === undefined || EXPLAINS_OFF.has(last)))
       ) {
         this.#unexplainedOffSince.delete(domain.uuid);
         continue;

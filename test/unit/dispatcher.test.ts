@@ -424,6 +424,36 @@ describe('snapshots and an off state whose STOPPED has not arrived (issue 9, 4d)
     );
   });
 
+  it('libvirt state SHUTDOWN (being shut down) is withheld even with no event known, for at most the delay', async () => {
+    // A reconnect or overflow snapshot forgets the last events, yet a domain in libvirt's transient
+    // SHUTDOWN state (QEMU got SIGTERM from a destroy) always reaches SHUTOFF and emits STOPPED
+    // shortly: reporting power_state 4 now would let Nova's 4b stop a guest inside a hard reboot.
+    const { dispatcher, bodies, timers } = rig(4);
+    await dispatcher.handleEvents([event(EVENT_STARTED, 1)]);
+    await dispatcher.snapshot('reconnect');
+    assert.deepEqual(syncs(bodies()), [], 'state SHUTDOWN after a reconnect: withheld');
+    const end = bodies().find((b) => b.transition === 'sync_end');
+    assert.ok(end?.instance_uuids?.includes(UUID), 'still listed in sync_end');
+    timers.advance(14_999);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(syncs(bodies()), [], 'within the delay from the first snapshot that saw it');
+    timers.advance(1);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(
+      syncs(bodies()).map((b) => b.power_state),
+      [4],
+      'stuck in SHUTDOWN for a whole delay: reported, and Nova rules on it',
+    );
+  });
+
+  it('libvirt state SHUTDOWN is withheld at the start snapshot too (nothing known yet)', async () => {
+    const { dispatcher, bodies } = rig(4);
+    await dispatcher.snapshot('start');
+    assert.deepEqual(syncs(bodies()), []);
+    const end = bodies().find((b) => b.transition === 'sync_end');
+    assert.ok(end?.instance_uuids?.includes(UUID), 'still listed in sync_end');
+  });
+
   it('after a STOPPED, with no event known, and after a reconnect the off state is reported at once', async () => {
     const { dispatcher, bodies } = rig(5);
     await dispatcher.snapshot('start');
