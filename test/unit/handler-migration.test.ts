@@ -243,7 +243,10 @@ describe('handler: live migration', () => {
       await r.handler.handleLifecycle(a.event(uuid, 'migration_completed', 3, SUSPENDED_MIGRATED)),
       'migrating',
     );
-    assert.equal(await r.handler.handleLifecycle(b.event(uuid, 'started', 1, STARTED_MIGRATED)), 'migrated');
+    // STARTED MIGRATED is evidence only (the incoming domain, paused until the switchover).
+    assert.equal(await r.handler.handleLifecycle(b.event(uuid, 'started', 1, STARTED_MIGRATED)), 'migrating');
+    assert.equal(r.store.row(uuid).host, 'cmp-a');
+    assert.equal(await r.handler.handleLifecycle(b.event(uuid, 'resumed', 1, RESUMED_MIGRATED)), 'migrated');
     assert.equal(r.store.row(uuid).host, 'cmp-b');
   });
 
