@@ -81,16 +81,23 @@ describe('handler: live migration', () => {
     // MIGRATED (the incoming domain is paused: live 3), a snapshot taken before the switchover
     // listing it PAUSED, RESUMED MIGRATED (1), a snapshot listing it RUNNING. Every merge with A's
     // stream (paused, stopped MIGRATED, a snapshot listing the persistent domain shut off).
+    // The real run saw B's PAUSED snapshot dispatched just before its STARTED: both B orders.
+    const bOrders = [
+      ['b0', 'b1', 'b2', 'b3'],
+      ['b1', 'b0', 'b2', 'b3'],
+    ];
     let runs = 0;
-    for (const delivery of interleavings(['a0', 'a1', 'a2'], ['b0', 'b1', 'b2', 'b3'])) {
+    for (const delivery of bOrders.flatMap((bOrder) => interleavings(['a0', 'a1', 'a2'], bOrder))) {
       const r = rig();
       const uuid = r.instance('cmp-a');
       const a = new Bridge('cmp-a');
       const b = new Bridge('cmp-b');
+      const bFirst = delivery.indexOf('b1') < delivery.indexOf('b0');
+      const pausedSnapshotFirst = bFirst ? b.event(uuid, 'sync', 3) : undefined;
       const events: Record<string, LifecycleEventIn> = {
         b0: b.event(uuid, 'started', 3, STARTED_MIGRATED),
         a0: a.event(uuid, 'paused', 3, SUSPENDED_MIGRATED),
-        b1: b.event(uuid, 'sync', 3),
+        b1: pausedSnapshotFirst ?? b.event(uuid, 'sync', 3),
         b2: b.event(uuid, 'resumed', 1, RESUMED_MIGRATED),
         a1: a.event(uuid, 'stopped', 4, STOPPED_MIGRATED),
         a2: a.event(uuid, 'sync', 4),
@@ -112,7 +119,7 @@ describe('handler: live migration', () => {
       );
       runs += 1;
     }
-    assert.equal(runs, 35);
+    assert.equal(runs, 70);
   });
 
   it('the destination late, source already gone: STARTED MIGRATED (paused) does not move the row, RESUMED does', async () => {
