@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { DomainInfo, RawDomainEvent, NativeConnection } from '../native/contract';
 import { translate, NOVA_TRANSITION, type LibvirtCodes, type Transition } from '../libvirt/translate';
 import { powerStateOf } from '../libvirt/power-state';
-import { DomainStateCode, nameOrNumber } from '../libvirt/constants';
+import { DomainStateCode, PowerState, nameOrNumber } from '../libvirt/constants';
 import {
   buildLifecycleMessage,
   lifecycleRoutingKey,
@@ -61,6 +61,13 @@ interface Ready {
 
 const STATE_NAMES = Object.keys(DomainStateCode);
 
+/**
+ * Last events after which a listed off state (power_state SHUTDOWN or CRASHED) is explained. After
+ * any other (a STARTED, a RESUMED, a guest SHUTDOWN or CRASHED that a STOPPED follows…) an off state
+ * means a STOPPED is on its way that the bridge has not seen yet.
+ */
+const EXPLAINS_OFF: ReadonlySet<Transition> = new Set<Transition>(['stopped', 'defined', 'undefined']);
+
 export class Dispatcher {
   readonly #options: DispatcherOptions;
   readonly #delayed: DelayedStops<Ready>;
@@ -73,6 +80,10 @@ export class Dispatcher {
    * became held since. Those are withheld from the snapshot's `sync` messages.
    */
   #heldDuringListing: Set<string> | undefined;
+  /** The last transition accepted per domain since the last start/reconnect/overflow snapshot. */
+  readonly #lastEvent = new Map<string, Transition>();
+  /** When a snapshot first listed a domain off although its last event says it is not (ms). */
+  readonly #unexplainedOffSince = new Map<string, number>();
   readonly #snapshotsQueued = new Map<SnapshotReason, Promise<void>>();
   readonly #snapshotRetry = new Backoff(1000, 30000);
   #seq = 0;
@@ -154,6 +165,7 @@ export class Dispatcher {
         occurredMicros: event.wallMicros,
         delayedMs: translation.kind === 'needs-job-check' ? -1 : 0, // -1 marks "decide by job stats"
       };
+      this.#lastEvent.set(event.uuid, item.transition);
       if (item.transition === 'stopped' && stopDelayMs > 0 && !this.#stopped) {
         this.#delayed.hold(event.uuid, item);
         this.#heldDuringListing?.add(event.uuid);
@@ -218,7 +230,13 @@ export class Dispatcher {
     // Every sync is stamped with the time before the listing, not after it: an event that happens
     // while the listing is read is newer than the snapshot and must not be dropped as out of order.
     const takenMicros = nowMicros();
-    const { domains, withheld } = await this.#listDomains(connection);
+    // After a reconnect or an overflow events were lost: what the last ones said proves nothing.
+    if (reason !== 'periodic') {
+      this.#lastEvent.clear();
+      this.#unexplainedOffSince.clear();
+    }
+    const { domains, withheld: held } = await this.#listDomains(connection);
+    const withheld = new Set([...held, ...this.#unexplainedOff(domains, held)]);
     const described = domains.filter((domain) => !withheld.has(domain.uuid));
     const snapshot = {
       id: randomUUID(),
@@ -268,6 +286,48 @@ export class Dispatcher {
       },
       'snapshot published',
     );
+  }
+
+  /**
+   * The listed domains that are off (power_state SHUTDOWN or CRASHED) although the last event this
+   * bridge accepted for them says otherwise: libvirt shows a domain's new state before it emits the
+   * event (QEMU's destroy sets SHUTOFF, then queues STOPPED when the call ends), so a listing can
+   * meet an off state whose STOPPED is still on its way — inside a hard reboot, the very window the
+   * delay exists for. Such a domain is withheld like a held one, for at most the stop delay from the
+   * first snapshot that saw it: a STOPPED that has not come by then is not coming (it would be held
+   * and withheld itself), and the off state is reported.
+   */
+  #unexplainedOff(domains: readonly DomainInfo[], held: ReadonlySet<string>): Set<string> {
+    const now = (this.#options.now ?? Date.now)();
+    const withhold = new Set<string>();
+    const listed = new Set<string>();
+    for (const domain of domains) {
+      listed.add(domain.uuid);
+      const power = powerStateOf(domain.state);
+      const last = this.#lastEvent.get(domain.uuid);
+      if (
+        held.has(domain.uuid) ||
+        (power !== PowerState.SHUTDOWN && power !== PowerState.CRASHED) ||
+        last === undefined ||
+        EXPLAINS_OFF.has(last)
+      ) {
+        this.#unexplainedOffSince.delete(domain.uuid);
+        continue;
+      }
+      const since = this.#unexplainedOffSince.get(domain.uuid) ?? now;
+      this.#unexplainedOffSince.set(domain.uuid, since);
+      if (now - since < this.#options.stopDelayMs) withhold.add(domain.uuid);
+      else
+        this.#options.logger.warn(
+          { uuid: domain.uuid, name: domain.name, last, offForMs: now - since },
+          'a domain is off with no STOPPED seen for it; the snapshot reports it',
+        );
+    }
+    // Domains that are gone take their history with them: the maps stay as small as the host.
+    for (const uuid of this.#lastEvent.keys()) if (!listed.has(uuid)) this.#lastEvent.delete(uuid);
+    for (const uuid of this.#unexplainedOffSince.keys())
+      if (!listed.has(uuid)) this.#unexplainedOffSince.delete(uuid);
+    return withhold;
   }
 
   /**

@@ -63,6 +63,30 @@ export function deadLetterOptions(
   return options;
 }
 
+/** How much of an oversized body goes to the dead-letter queue (enough to see what it was). */
+export const DEAD_LETTER_PREFIX_BYTES = 1024;
+
+/**
+ * A dead-letter copy: the original body and properties plus the reason headers — or, for an
+ * oversized body (`truncate`), only its first DEAD_LETTER_PREFIX_BYTES and its size in
+ * x-virtbus-original-bytes, because the dead-letter queue must stay bounded too.
+ */
+export function deadLetterMessage(
+  message: ConsumeMessage,
+  reason: string,
+  queueName: string,
+  truncate: boolean,
+): { content: Buffer; options: Options.Publish } {
+  const options = deadLetterOptions(message, reason, queueName);
+  if (!truncate || message.content.length <= DEAD_LETTER_PREFIX_BYTES)
+    return { content: message.content, options };
+  options.headers = {
+    ...(options.headers as Record<string, unknown>),
+    'x-virtbus-original-bytes': message.content.length,
+  };
+  return { content: message.content.subarray(0, DEAD_LETTER_PREFIX_BYTES), options };
+}
+
 /**
  * A stop command on the wire: routing key, body and properties (expiring after ttlMs). `userId` is
  * the consumer's broker user: the broker refuses any other value, so a bridge can trust it names the

@@ -45,15 +45,13 @@ import {
   type WorkItem,
 } from './handler';
 import type { ConsumerMetrics, MessageOutcome } from './metrics';
-import { deadLetterOptions, publishCommand, publishConfirmed, watchReturns } from './publishing';
-import { verifySender, type SenderPolicy } from './senders';
+import { readDelivery } from './intake';
+import { deadLetterMessage, publishCommand, publishConfirmed, watchReturns } from './publishing';
+import { pollQueueDepth } from './queue-depth';
+import type { SenderPolicy } from './senders';
 import { consumerTopology, type ConsumerTopologySettings } from './topology';
-import { validateCommandResult, validateLifecycle } from './validate';
 
-export { REASON_HEADER } from './publishing';
-
-/** How much of an oversized body goes to the dead-letter queue (enough to see what it was). */
-export const DEAD_LETTER_PREFIX_BYTES = 1024;
+export { DEAD_LETTER_PREFIX_BYTES, REASON_HEADER } from './publishing';
 
 export interface ConsumerSettings extends ConsumerTopologySettings {
   readonly consumer: ConsumerTopologySettings['consumer'] & {
@@ -487,19 +485,18 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     const items: WorkItem[] = [];
     const valid: Delivery[] = [];
     for (const delivery of deliveries) {
-      let rejected: { reason: string; truncated?: boolean } | undefined;
-      try {
-        const item = this.#read(delivery, nowUs);
-        if ('reason' in item) rejected = item;
-        else {
-          items.push(item);
-          valid.push(delivery);
-        }
-      } catch (error) {
-        // Nothing a message says may throw out of the intake: it would strand the whole turn.
-        rejected = { reason: `unreadable message: ${(error as Error).message}` };
+      const read = readDelivery(
+        delivery.queue,
+        delivery.message,
+        nowUs,
+        this.#settings.consumer,
+        this.#metrics,
+      );
+      if ('reason' in read) this.#track(this.#deadLetter(delivery, read.reason, read.truncated === true));
+      else {
+        items.push(read);
+        valid.push(delivery);
       }
-      if (rejected) this.#track(this.#deadLetter(delivery, rejected.reason, rejected.truncated === true));
     }
     if (valid.length === 0) return;
     this.#track(
@@ -508,46 +505,6 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         if (!this.#stageRunning) void this.#runStage();
       }),
     );
-  }
-
-  /**
-   * One delivery from bytes to a work item: the size bound (before anything is decoded), the
-   * schema, then the sender. Returns why it is unusable instead when it is.
-   */
-  #read(delivery: Delivery, nowUs: number): WorkItem | { reason: string; truncated?: boolean } {
-    const { consumer } = this.#settings;
-    const { queue, message } = delivery;
-    if (message.content.length > consumer.maxMessageBytes) {
-      this.#metrics.oversized.inc();
-      return {
-        reason: `body too large: ${message.content.length} bytes, over consumer.maxMessageBytes (${consumer.maxMessageBytes})`,
-        truncated: true,
-      };
-    }
-    let item: WorkItem;
-    let host: string;
-    if (queue === 'lifecycle') {
-      const validated = validateLifecycle(message.content, nowUs, consumer.maxFutureSkewMs);
-      if (!validated.ok) return validated;
-      item = { kind: 'lifecycle', event: validated.value };
-      host = validated.value.host;
-    } else {
-      const validated = validateCommandResult(message.content, nowUs, consumer.maxFutureSkewMs);
-      if (!validated.ok) return validated;
-      item = { kind: 'result', result: validated.value };
-      host = validated.value.host;
-    }
-    const verdict = verifySender(
-      consumer.senders,
-      host,
-      message.fields.routingKey,
-      message.properties.userId,
-    );
-    if (verdict) {
-      this.#metrics.senderRejections.inc({ reason: verdict.rejection });
-      return verdict;
-    }
-    return item;
   }
 
   #track(task: Promise<void>): void {
@@ -635,17 +592,12 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     const { queue, channels, message } = delivery;
     const { consumer } = this.#settings;
     const properties = message.properties;
-    const options = deadLetterOptions(
+    const { content, options } = deadLetterMessage(
       message,
       reason,
       queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
+      truncate,
     );
-    // An oversized body is kept only as a prefix: the dead-letter queue must stay bounded too.
-    let content = message.content;
-    if (truncate && content.length > DEAD_LETTER_PREFIX_BYTES) {
-      content = content.subarray(0, DEAD_LETTER_PREFIX_BYTES);
-      (options.headers as Record<string, unknown>)['x-virtbus-original-bytes'] = message.content.length;
-    }
     try {
       await this.#publish(consumer.deadLetterExchange, message.fields.routingKey, content, options, channels);
     } catch (error) {
@@ -699,27 +651,9 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
 
   // ---- timers ------------------------------------------------------------------------------
 
-  async #pollDepth(): Promise<void> {
-    const channels = this.#channels;
-    const model = this.#amqp.model;
-    if (!channels?.open || !model) return;
-    try {
-      if (!channels.depth) {
-        const depth = await model.createChannel();
-        depth.on('error', () => undefined);
-        depth.on('close', () => {
-          if (channels.depth === depth) channels.depth = undefined;
-        });
-        channels.depth = depth;
-      }
-      const { consumer } = this.#settings;
-      const main = await channels.depth.checkQueue(consumer.queue);
-      this.#metrics.queueDepth.set(main.messageCount);
-      const dead = await channels.depth.checkQueue(consumer.deadLetterQueue);
-      this.#metrics.deadLetterDepth.set(dead.messageCount);
-    } catch (error) {
-      this.#logger.debug({ err: error }, 'queue depth not read');
-    }
+  #pollDepth(): Promise<void> {
+    const { consumer } = this.#settings;
+    return pollQueueDepth(this.#channels, this.#amqp.model, consumer, this.#metrics, this.#logger);
   }
 
   async #sweep(): Promise<void> {

@@ -46,6 +46,9 @@ describe('virtbus demo --hypervisor qemu', () => {
     assert.match(out, /domstate instance-00000002\s+→\s+running/);
     assert.match(out, /no stop or force_stop was sent for db-1 to either host/);
     assert.ok(!/cmd ▸ .* 22222222/.test(out), 'no command for db-1');
+    // Both hosts' word moved the row (consumer.followMigrations, on by default).
+    assert.match(out, /the row followed the guest: host demo-b/);
+    assert.match(out, /instance-00000002\s+db-1\s+demo-b\s+active\s+-\s+1 running/);
 
     // The panic: crashed, then the held STOPPED, then Nova's stop; the row and the domain end off.
     assert.match(out, /bus ▸ \S+ demo-a instance-00000001 crashed\s+CRASHED\/PANICKED/);

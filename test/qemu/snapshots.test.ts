@@ -16,7 +16,7 @@ import { waitUntil } from '../../src/sandbox';
 import { startQemuRig } from '../support/qemu';
 
 /** See lifecycle.test.ts: a start must land inside it on a loaded two-core machine. */
-const STOP_DELAY_MS = 10000;
+const STOP_DELAY_MS = 20000;
 const GRACEFUL_TIMEOUT_MS = 5000;
 const HARD_REBOOTS = 3;
 /** How long each hard reboot leaves the guest shut off: longer than the snapshot interval. */
@@ -141,7 +141,16 @@ describe(
       await sleep(STOP_DELAY_MS + 3000);
       const after = rig.transitions(id).slice(from);
       assert.ok(!after.includes('stopped'), `no stopped published; saw ${after.join(', ')}`);
-      assert.deepEqual(rig.commandsFor(id), [], 'no stop or force_stop sent');
+      const trace = rig
+        .trace(id)
+        .split('\n')
+        .filter((line) => !line.includes('sync(STATE/RUNNING)'))
+        .join('\n');
+      assert.deepEqual(
+        rig.commandsFor(id).map((c) => `${c.action} ${c.issued_at} ${c.reason}`),
+        [],
+        `no stop or force_stop sent; bus (snapshots of a running guest left out):\n${trace}\nresults: ${JSON.stringify(rig.resultsFor(id))}`,
+      );
       const row = await rig.row(id);
       assert.equal(row.vm_state, 'active', `row ${JSON.stringify(row)}`);
       assert.equal(row.task_state, null);

@@ -170,7 +170,10 @@ export async function startQemuRig(options: QemuRigOptions): Promise<QemuRig> {
     'the bridge start snapshot (sync_end)',
     () => messages.some((m) => m.transition === 'sync_end'),
     30000,
-  );
+  ).catch((error: unknown) => {
+    const tail = bridge.logs.slice(-8).map((line) => JSON.stringify(line));
+    throw new Error(`${String(error)}\nbridge stderr: ${bridge.stderr()}\nbridge log:\n${tail.join('\n')}`);
+  });
   // The start snapshot's sync_end must be applied before the guests exist, or a row could be judged
   // against a snapshot that predates its guest.
   await waitUntil(
@@ -243,6 +246,7 @@ export async function startQemuRig(options: QemuRigOptions): Promise<QemuRig> {
           persistent: true,
           contentType: 'application/json',
           messageId: command.command_id,
+          userId: 'guest', // the sandbox bridge trusts the guest user's commands (broker-verified user_id)
         },
       );
       await publisher.waitForConfirms();

@@ -244,7 +244,9 @@ A consumer treats rows of that host that are missing from \`instance_uuids\` (an
 live migration, as the source's word that it left ([consumer.md](consumer.md#live-migration-the-row-follows-the-guest)). A domain whose STOPPED is being held (Nova's delay)
 gets **no** \`sync\` — the held STOPPED speaks for it: published as \`stopped\` when the delay ends, or
 cancelled by the event that ends the reboot — but it is still listed in \`instance_uuids\`, so it does
-not look vanished; \`snapshot.count\` is the number of \`sync\` messages. These were captured with \`amqp.format = oslo\`:
+not look vanished; \`snapshot.count\` is the number of \`sync\` messages. The same holds, for at most
+the stop delay, for a domain listed off whose STOPPED has not reached the bridge yet (libvirt shows
+the new state before it emits the event; docs/architecture.md). These were captured with \`amqp.format = oslo\`:
 the body is an oslo.messaging v2 envelope whose \`oslo.message\` is a JSON **string**
 (\`event_type\` \`libvirt.domain.lifecycle\`, \`publisher_id\` \`virtbus:<host>\`); shown decoded:
 

@@ -363,3 +363,81 @@ describe('SUSPENDED/MIGRATED job check (issue 9, 4f)', () => {
     }
   });
 });
+
+describe('snapshots and an off state whose STOPPED has not arrived (issue 9, 4d)', () => {
+  const EVENT_SHUTDOWN = 6;
+  const listed = (state: number): DomainInfo[] => [
+    { uuid: UUID, name: 'guest', active: state !== 5, persistent: true, state, reason: 1 },
+  ];
+  const syncs = (bodies: LifecycleMessage[]) =>
+    bodies.filter((b) => b.transition === 'sync' && b.instance_uuid === UUID);
+
+  function rig(state: number) {
+    const timers = new ManualTimers();
+    let listing = listed(state);
+    const built = setup(
+      15000,
+      {
+        listAllDomains: () => Promise.resolve(listing),
+        domainStates: (uuids) => Promise.resolve(uuids.map(() => ({ state: 1, reason: 1 }))),
+      },
+      { timers, now: () => timers.now },
+    );
+    return { ...built, timers, relist: (next: number) => (listing = listed(next)) };
+  }
+
+  it('a guest last seen started and now listed SHUTOFF is withheld until its STOPPED arrives and is held', async () => {
+    const { dispatcher, transitions, bodies } = rig(5);
+    await dispatcher.handleEvents([event(EVENT_STARTED, 1)]);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(syncs(bodies()), [], 'libvirt shows SHUTOFF before it emits STOPPED: no sync');
+    const end = bodies().find((b) => b.transition === 'sync_end');
+    assert.ok(end?.instance_uuids?.includes(UUID), 'still listed');
+    // The destroy's events arrive, then the start of the hard reboot: no stopped, no off sync.
+    await dispatcher.handleEvents([event(EVENT_SHUTDOWN, 2), event(EVENT_STOPPED, 3)]);
+    await dispatcher.snapshot('periodic');
+    await dispatcher.handleEvents([event(EVENT_STARTED, 4)]);
+    assert.deepEqual(syncs(bodies()), []);
+    assert.deepEqual(transitions(), ['started', 'sync_end', 'shutdown', 'sync_end', 'started']);
+  });
+
+  it("QEMU's destroy: SHUTDOWN (host request) seen, state SHUTDOWN listed before STOPPED: withheld", async () => {
+    const { dispatcher, bodies } = rig(4);
+    await dispatcher.handleEvents([event(EVENT_STARTED, 1), event(EVENT_SHUTDOWN, 2)]);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(syncs(bodies()), []);
+  });
+
+  it('an off state no STOPPED explains for a whole stop delay is reported', async () => {
+    const { dispatcher, bodies, timers } = rig(6); // CRASHED, kept (on_crash=preserve): no STOPPED
+    await dispatcher.handleEvents([event(EVENT_STARTED, 1)]);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(syncs(bodies()), []);
+    timers.advance(14_999);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(syncs(bodies()), [], 'within the delay from the first snapshot that saw it');
+    timers.advance(1);
+    await dispatcher.snapshot('periodic');
+    assert.deepEqual(
+      syncs(bodies()).map((b) => b.power_state),
+      [6],
+    );
+  });
+
+  it('after a STOPPED, with no event known, and after a reconnect the off state is reported at once', async () => {
+    const { dispatcher, bodies } = rig(5);
+    await dispatcher.snapshot('start');
+    assert.equal(syncs(bodies()).length, 1, 'nothing known: reported');
+    await dispatcher.handleEvents([event(EVENT_STARTED, 1)]);
+    await dispatcher.snapshot('reconnect');
+    assert.equal(syncs(bodies()).length, 2, 'events may have been lost while disconnected: reported');
+    const zero = setup(0, { listAllDomains: () => Promise.resolve(listed(5)) });
+    await zero.dispatcher.handleEvents([event(EVENT_STARTED, 1), event(EVENT_STOPPED, 2)]);
+    await zero.dispatcher.snapshot('periodic');
+    assert.equal(
+      zero.bodies().filter((b) => b.transition === 'sync').length,
+      1,
+      'last event stopped: explained',
+    );
+  });
+});

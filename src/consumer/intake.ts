@@ -1,0 +1,72 @@
+/**
+ * One delivery from bytes to a work item, apart from the service's flow control: the size bound
+ * (checked before anything is decoded, so an oversized body costs no parsing), the schema
+ * (validate.ts), then the sender (senders.ts). What is unusable comes back as a reason for the
+ * dead-letter queue, never as an exception: nothing a message says may throw out of the intake.
+ */
+import type { ConsumeMessage } from 'amqplib';
+import type { WorkItem } from './handler';
+import type { ConsumerMetrics } from './metrics';
+import { verifySender, type SenderPolicy } from './senders';
+import { validateCommandResult, validateLifecycle } from './validate';
+
+export interface IntakeSettings {
+  readonly maxMessageBytes: number;
+  readonly maxFutureSkewMs: number;
+  readonly senders: SenderPolicy;
+}
+
+/** Why a delivery is unusable; `truncated`: dead-letter only a prefix of its body (it is oversized). */
+export interface Rejected {
+  readonly reason: string;
+  readonly truncated?: boolean;
+}
+
+export function readDelivery(
+  queue: 'lifecycle' | 'result',
+  message: ConsumeMessage,
+  nowUs: number,
+  settings: IntakeSettings,
+  metrics: Pick<ConsumerMetrics, 'oversized' | 'senderRejections'>,
+): WorkItem | Rejected {
+  try {
+    return read(queue, message, nowUs, settings, metrics);
+  } catch (error) {
+    return { reason: `unreadable message: ${(error as Error).message}` };
+  }
+}
+
+function read(
+  queue: 'lifecycle' | 'result',
+  message: ConsumeMessage,
+  nowUs: number,
+  settings: IntakeSettings,
+  metrics: Pick<ConsumerMetrics, 'oversized' | 'senderRejections'>,
+): WorkItem | Rejected {
+  if (message.content.length > settings.maxMessageBytes) {
+    metrics.oversized.inc();
+    return {
+      reason: `body too large: ${message.content.length} bytes, over consumer.maxMessageBytes (${settings.maxMessageBytes})`,
+      truncated: true,
+    };
+  }
+  let item: WorkItem;
+  let host: string;
+  if (queue === 'lifecycle') {
+    const validated = validateLifecycle(message.content, nowUs, settings.maxFutureSkewMs);
+    if (!validated.ok) return validated;
+    item = { kind: 'lifecycle', event: validated.value };
+    host = validated.value.host;
+  } else {
+    const validated = validateCommandResult(message.content, nowUs, settings.maxFutureSkewMs);
+    if (!validated.ok) return validated;
+    item = { kind: 'result', result: validated.value };
+    host = validated.value.host;
+  }
+  const verdict = verifySender(settings.senders, host, message.fields.routingKey, message.properties.userId);
+  if (verdict) {
+    metrics.senderRejections.inc({ reason: verdict.rejection });
+    return verdict;
+  }
+  return item;
+}
