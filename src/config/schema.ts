@@ -468,7 +468,7 @@ export const schema = {
       arg: 'mode',
     },
     followMigrations: {
-      doc: "Move a row to the host a guest live-migrated to once both hosts agree (the destination reports started/resumed with detail migrated or lists it running, the row's host reports migration_completed, stopped migrated or a snapshot without it); while only one host's word is in, record power states but never stop the guest. Observe mode follows migrations too (it moves the row, never commands). false: rows never change host (something else moves instance.host, as Nova's own post-migration step does).",
+      doc: "Move a row to the host a guest live-migrated to once both hosts agree (the destination reports it running: resumed with detail migrated/postcopy or a snapshot listing it running; its started migrated only holds back stops, the row's host reports migration_completed, stopped migrated or a snapshot without it); while only one host's word is in, record power states but never stop the guest. Observe mode follows migrations too (it moves the row, never commands). false: rows never change host (something else moves instance.host, as Nova's own post-migration step does).",
       format: Boolean,
       default: true,
       env: 'VIRTBUS_CONSUMER_FOLLOW_MIGRATIONS',

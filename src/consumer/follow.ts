@@ -4,7 +4,6 @@
  * so that file keeps reading as Nova's own sync; this is virtbus's stand-in for the step Nova takes
  * in post_live_migration_at_destination (moving instance.host), which the bus has no equivalent of.
  */
-import { PowerState } from '../libvirt/constants';
 import type { Notifier } from '../notify/notifier';
 import type { InstanceRow, MigrationEvidence } from '../store/types';
 import type { Logger } from '../util/log';
@@ -45,7 +44,8 @@ export class MigrationFollower {
     if (row.host === null || row.vm_state === 'deleted') return { row: base };
     const word = migrationWord(event);
     if (event.host !== row.host) {
-      if (word === 'arrived') {
+      // A destination's word: recorded; the row moves only on one saying the guest runs (agreed).
+      if (word === 'arrived' || word === 'arriving') {
         const position = eventPosition(event);
         // The same destination's older word adds nothing (Nova's host check then skips it).
         if (evidence?.dest === event.host && !isAfter(position, evidence.dest_position)) return { row: base };
@@ -53,7 +53,8 @@ export class MigrationFollower {
           source: row.host,
           source_state: evidence?.source_state ?? null,
           dest: event.host,
-          dest_power: event.transition === 'sync' ? event.powerState : PowerState.RUNNING,
+          // Only a word saying the guest runs there gives the move its power_state (agreed).
+          dest_power: word === 'arrived' ? event.powerState : null,
           dest_position: position,
           updated_us: now,
         };
@@ -63,7 +64,9 @@ export class MigrationFollower {
               base,
               next,
               event,
-              'a host reports the guest arrived by live migration; waiting for its host to report it left',
+              word === 'arrived'
+                ? 'a host reports the guest arrived by live migration; waiting for its host to report it left'
+                : 'a host reports the guest arriving by live migration, not running yet; waiting for it to run there',
             );
       }
       // The recorded destination stopped it (STOPPED FAILED of a failed migration): its word is void.

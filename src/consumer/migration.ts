@@ -2,10 +2,14 @@
  * Live migration as the two hosts tell it, read from lifecycle messages (pure functions; the handler
  * decides with them). Nova moves instance.host in its own post-live-migration step; virtbus has no
  * such step, so the row follows the guest when both hosts agree: the destination says the guest
- * arrived (STARTED/RESUMED with detail MIGRATED or POSTCOPY, or its snapshot lists it running) and
- * the row's host says it left (migration_completed, STOPPED with detail MIGRATED, or its snapshot
- * no longer lists it). One host's word alone only holds back stops for a bounded window, as Nova
- * does not act on an instance whose task_state is 'migrating'.
+ * runs there after a migration (RESUMED with detail MIGRATED or POSTCOPY and live power_state
+ * running, or its snapshot lists it RUNNING) and the row's host says it left (migration_completed,
+ * STOPPED with detail MIGRATED, or its snapshot no longer lists it). STARTED MIGRATED is only
+ * evidence: it comes when the incoming domain is created, paused until the switchover, and moving
+ * the row on it wrote a state the destination's next words contradicted (running, then a snapshot's
+ * paused, then running again: three instance.update for one move). One host's word alone only holds
+ * back stops for a bounded window, as Nova does not act on an instance whose task_state is
+ * 'migrating'.
  *
  * The real sequences (QEMU 7.2 / libvirt 9.0), pre-copy: source SUSPENDED MIGRATED (the bridge's
  * job check publishes `paused` while the job runs), then STOPPED MIGRATED; destination STARTED
@@ -28,12 +32,15 @@ const STOPPED_MIGRATED = 3;
 
 /**
  * What a message says about a migration, from the side that sent it:
- * - arrived: the guest runs here after a migration (a destination's word);
+ * - arrived: the guest runs here after a migration (a destination's word that can move the row);
+ * - arriving: the guest is being migrated here but does not run yet, or its live state is not
+ *   running (a destination's word that is evidence only: STARTED MIGRATED, or a RESUMED whose
+ *   live power_state was sampled not running);
  * - leaving: the guest is being migrated away (a source's word, not yet done);
  * - left: the migration away from here completed (a source's word);
  * - null: nothing about a migration.
  */
-export type MigrationWord = 'arrived' | 'leaving' | 'left' | null;
+export type MigrationWord = 'arrived' | 'arriving' | 'leaving' | 'left' | null;
 
 function detail(event: LifecycleEventIn, eventCode: number): number | null {
   const codes = event.libvirt;
@@ -43,10 +50,11 @@ function detail(event: LifecycleEventIn, eventCode: number): number | null {
 export function migrationWord(event: LifecycleEventIn): MigrationWord {
   switch (event.transition) {
     case 'started':
-      return detail(event, LifecycleEvent.STARTED) === STARTED_MIGRATED ? 'arrived' : null;
+      return detail(event, LifecycleEvent.STARTED) === STARTED_MIGRATED ? 'arriving' : null;
     case 'resumed': {
       const code = detail(event, LifecycleEvent.RESUMED);
-      return code === RESUMED_MIGRATED || code === RESUMED_POSTCOPY ? 'arrived' : null;
+      if (code !== RESUMED_MIGRATED && code !== RESUMED_POSTCOPY) return null;
+      return event.powerState === PowerState.RUNNING ? 'arrived' : 'arriving';
     }
     case 'paused': {
       const code = detail(event, LifecycleEvent.SUSPENDED);
@@ -86,9 +94,17 @@ export function liveEvidence(
   return nowUs - evidence.updated_us > windowMs * 1000 ? null : evidence;
 }
 
-/** Both hosts agree: the source said the guest left and a destination said it arrived. */
+/**
+ * Both hosts agree: the source said the guest left and a destination's newest word says it runs
+ * there (only then is the move's power_state, running, what the destination will go on saying).
+ */
 export function agreed(
   evidence: MigrationEvidence,
 ): evidence is MigrationEvidence & { readonly dest: string } {
-  return evidence.source_state === 'left' && evidence.dest !== null && evidence.dest !== evidence.source;
+  return (
+    evidence.source_state === 'left' &&
+    evidence.dest !== null &&
+    evidence.dest !== evidence.source &&
+    evidence.dest_power === PowerState.RUNNING
+  );
 }

@@ -86,9 +86,12 @@ export interface MigrationEvidence {
   readonly source: string;
   /** The source's word: the guest is leaving (paused/postcopy for migration) or has left. */
   readonly source_state: 'leaving' | 'left' | null;
-  /** The host that reported the guest arrived (started/resumed migrated, or a snapshot running). */
+  /** The host that reported the guest arriving (started/resumed migrated, or a snapshot running). */
   readonly dest: string | null;
-  /** The destination's power_state to take on the move, and its newest event position. */
+  /**
+   * The destination's power_state to take on the move (running), null while its newest word does
+   * not say the guest runs there (STARTED MIGRATED: evidence only); and its newest event position.
+   */
   readonly dest_power: number | null;
   readonly dest_position: EventPosition | null;
   /** When the evidence last changed (consumer clock, epoch µs). */

@@ -25,6 +25,18 @@ function permutations<T>(items: readonly T[]): T[][] {
   );
 }
 
+/** Every merge of two hosts' streams that keeps each host's own order (one queue per bridge is FIFO). */
+function interleavings<T>(a: readonly T[], b: readonly T[]): T[][] {
+  if (a.length === 0) return [b.slice()];
+  if (b.length === 0) return [a.slice()];
+  const [headA, ...restA] = a as [T, ...T[]];
+  const [headB, ...restB] = b as [T, ...T[]];
+  return [
+    ...interleavings(restA, b).map((rest) => [headA, ...rest]),
+    ...interleavings(a, restB).map((rest) => [headB, ...rest]),
+  ];
+}
+
 /** A pre-copy live migration A → B as QEMU 7.2 / libvirt 9.0 tells it (persistent source domain). */
 function precopy(uuid: string, a: Bridge, b: Bridge): LifecycleEventIn[] {
   return [
@@ -62,6 +74,121 @@ describe('handler: live migration', () => {
       assert.equal(await r.actions('migration_followed'), 1, label);
       assert.deepEqual(r.updates, [{ uuid, host: 'cmp-b', power_state: 'running' }], label);
     }
+  });
+
+  it('the destination late (real QEMU): its paused STARTED and paused snapshot are evidence only; one update, running, on B', async () => {
+    // As test/qemu/migration.test.ts saw it: B's messages held back arrive in one burst — STARTED
+    // MIGRATED (the incoming domain is paused: live 3), a snapshot taken before the switchover
+    // listing it PAUSED, RESUMED MIGRATED (1), a snapshot listing it RUNNING. Every merge with A's
+    // stream (paused, stopped MIGRATED, a snapshot listing the persistent domain shut off).
+    // The real run saw B's PAUSED snapshot dispatched just before its STARTED: both B orders.
+    const bOrders = [
+      ['b0', 'b1', 'b2', 'b3'],
+      ['b1', 'b0', 'b2', 'b3'],
+    ];
+    let runs = 0;
+    for (const delivery of bOrders.flatMap((bOrder) => interleavings(['a0', 'a1', 'a2'], bOrder))) {
+      const r = rig();
+      const uuid = r.instance('cmp-a');
+      const a = new Bridge('cmp-a');
+      const b = new Bridge('cmp-b');
+      const bFirst = delivery.indexOf('b1') < delivery.indexOf('b0');
+      const pausedSnapshotFirst = bFirst ? b.event(uuid, 'sync', 3) : undefined;
+      const events: Record<string, LifecycleEventIn> = {
+        b0: b.event(uuid, 'started', 3, STARTED_MIGRATED),
+        a0: a.event(uuid, 'paused', 3, SUSPENDED_MIGRATED),
+        b1: pausedSnapshotFirst ?? b.event(uuid, 'sync', 3),
+        b2: b.event(uuid, 'resumed', 1, RESUMED_MIGRATED),
+        a1: a.event(uuid, 'stopped', 4, STOPPED_MIGRATED),
+        a2: a.event(uuid, 'sync', 4),
+        b3: b.event(uuid, 'sync', 1),
+      };
+      for (const key of delivery) await r.handler.handleLifecycle(events[key] as LifecycleEventIn);
+      const label = `delivery ${delivery.join(',')}`;
+      const row = r.store.row(uuid);
+      assert.equal(row.host, 'cmp-b', label);
+      assert.equal(row.power_state, 1, label);
+      assert.equal(row.vm_state, 'active', label);
+      assert.equal(row.task_state, null, label);
+      assert.deepEqual(r.commands, [], label);
+      assert.equal(await r.actions('migration_followed'), 1, label);
+      assert.deepEqual(
+        r.updates.filter((update) => update.host === 'cmp-b'),
+        [{ uuid, host: 'cmp-b', power_state: 'running' }],
+        label,
+      );
+      runs += 1;
+    }
+    assert.equal(runs, 70);
+  });
+
+  it('the destination late, source already gone: STARTED MIGRATED (paused) does not move the row, RESUMED does', async () => {
+    const r = rig();
+    const uuid = r.instance('cmp-a');
+    const a = new Bridge('cmp-a');
+    const b = new Bridge('cmp-b');
+    const started = b.event(uuid, 'started', 3, STARTED_MIGRATED);
+    const pausedSnapshot = b.event(uuid, 'sync', 3);
+    const resumed = b.event(uuid, 'resumed', 1, RESUMED_MIGRATED);
+    const runningSnapshot = b.event(uuid, 'sync', 1);
+    await r.handler.handleLifecycle(a.event(uuid, 'paused', 3, SUSPENDED_MIGRATED));
+    await r.handler.handleLifecycle(a.event(uuid, 'stopped', 4, STOPPED_MIGRATED));
+    assert.equal(await r.handler.handleLifecycle(started), 'migrating');
+    assert.equal(r.store.row(uuid).host, 'cmp-a');
+    assert.equal(r.store.row(uuid).migration?.dest, 'cmp-b');
+    assert.equal(await r.handler.handleLifecycle(pausedSnapshot), 'skipped_host');
+    assert.equal(await r.handler.handleLifecycle(resumed), 'migrated');
+    assert.equal(await r.handler.handleLifecycle(runningSnapshot), 'synced');
+    assert.deepEqual(r.updates, [{ uuid, host: 'cmp-b', power_state: 'running' }]);
+    assert.deepEqual(r.commands, []);
+  });
+
+  it('a destination RESUMED whose live power_state is not running is evidence only', async () => {
+    const r = rig();
+    const uuid = r.instance('cmp-a');
+    const a = new Bridge('cmp-a');
+    const b = new Bridge('cmp-b');
+    await r.handler.handleLifecycle(a.event(uuid, 'stopped', 4, STOPPED_MIGRATED));
+    assert.equal(await r.handler.handleLifecycle(b.event(uuid, 'resumed', 3, RESUMED_MIGRATED)), 'migrating');
+    assert.equal(r.store.row(uuid).host, 'cmp-a');
+    assert.equal(await r.handler.handleLifecycle(b.event(uuid, 'sync', 1)), 'migrated');
+    assert.deepEqual(r.updates, [{ uuid, host: 'cmp-b', power_state: 'running' }]);
+    assert.deepEqual(r.commands, []);
+  });
+
+  it("post-copy as real QEMU tells it: every merge of the two hosts' streams moves the row once", async () => {
+    let runs = 0;
+    for (const delivery of interleavings(['a0', 'a1', 'a2', 'a3'], ['b0', 'b1', 'b2', 'b3'])) {
+      const r = rig();
+      const uuid = r.instance('cmp-a');
+      const a = new Bridge('cmp-a');
+      const b = new Bridge('cmp-b');
+      const events: Record<string, LifecycleEventIn> = {
+        b0: b.event(uuid, 'started', 3, STARTED_MIGRATED),
+        a0: a.event(uuid, 'paused', 3, SUSPENDED_MIGRATED),
+        a1: a.event(uuid, 'postcopy_started', 3, SUSPENDED_POSTCOPY),
+        b1: b.event(uuid, 'defined', 3),
+        b2: b.event(uuid, 'resumed', 1, RESUMED_POSTCOPY),
+        b3: b.event(uuid, 'resumed', 1, RESUMED_MIGRATED),
+        a2: a.syncEnd([]),
+        a3: a.event(uuid, 'stopped', 0, STOPPED_MIGRATED),
+      };
+      for (const key of delivery) await r.handler.handleLifecycle(events[key] as LifecycleEventIn);
+      const label = `delivery ${delivery.join(',')}`;
+      const row = r.store.row(uuid);
+      assert.equal(row.host, 'cmp-b', label);
+      assert.equal(row.power_state, 1, label);
+      assert.equal(row.task_state, null, label);
+      assert.deepEqual(r.commands, [], label);
+      assert.equal(await r.actions('migration_followed'), 1, label);
+      assert.deepEqual(
+        r.updates.filter((update) => update.host === 'cmp-b'),
+        [{ uuid, host: 'cmp-b', power_state: 'running' }],
+        label,
+      );
+      runs += 1;
+    }
+    assert.equal(runs, 70);
   });
 
   it('a delayed source: the destination runs the guest long before the source says it left', async () => {
@@ -123,7 +250,10 @@ describe('handler: live migration', () => {
       await r.handler.handleLifecycle(a.event(uuid, 'migration_completed', 3, SUSPENDED_MIGRATED)),
       'migrating',
     );
-    assert.equal(await r.handler.handleLifecycle(b.event(uuid, 'started', 1, STARTED_MIGRATED)), 'migrated');
+    // STARTED MIGRATED is evidence only (the incoming domain, paused until the switchover).
+    assert.equal(await r.handler.handleLifecycle(b.event(uuid, 'started', 1, STARTED_MIGRATED)), 'migrating');
+    assert.equal(r.store.row(uuid).host, 'cmp-a');
+    assert.equal(await r.handler.handleLifecycle(b.event(uuid, 'resumed', 1, RESUMED_MIGRATED)), 'migrated');
     assert.equal(r.store.row(uuid).host, 'cmp-b');
   });
 
