@@ -235,6 +235,23 @@ with \`mandatory\`.
 
 ${block("A guest destroyed behind the system's back — `stopped`, held for the 2 s stop delay of this run:", stopped, pretty(stopped.body))}
 ${block("A `paused` event, its live `power_state` read at dispatch. Had the guest moved on before then (resumed, destroyed), the live state would say so and the consumer's staleness guard (Nova bug #1468431) would ignore the event, as Nova does:", paused, pretty(paused.body))}
+### On a real hypervisor (QEMU 7.2, libvirt 9.0)
+
+The order of transitions a real host publishes, as captured by \`test/qemu/\` (docs/testing.md has
+the full table with what the consumer does with each; docs/consumer.md the migration sequences):
+
+| what happens                      | transitions on the bus, in order (libvirt event/detail)                                                                                            |
+| --------------------------------- | -------------------------------------------------------------------------------------------------------------------------------------------------- |
+| boot                              | \`resumed\` (RESUMED/UNPAUSED), then \`started\` (STARTED/BOOTED): RESUMED comes first                                                                   |
+| guest reboot, \`virsh reboot\`      | one to three \`rebooted\`, no lifecycle transition                                                                                                   |
+| guest power-off, \`virsh shutdown\` | \`shutdown\` (SHUTDOWN/FINISHED), then \`stopped\` (STOPPED/SHUTDOWN) after the stop delay                                                             |
+| hard reboot (destroy + start)     | \`shutdown\` (SHUTDOWN/HOST), the STOPPED/DESTROYED held and cancelled, \`resumed\`, \`started\`: no \`stopped\`                                          |
+| guest panic                       | \`crashed\` (CRASHED/PANICKED), then with \`on_crash=destroy\` \`stopped\` (STOPPED/CRASHED); with \`preserve\` snapshots say power_state 6                 |
+| guest S3, \`dompmwakeup\`           | \`pmsuspended\` (PMSUSPENDED/MEMORY), snapshots say power_state 7; wake-up: \`started\` (STARTED/WAKEUP)                                               |
+| save/restore, managedsave + start | \`paused\` (SUSPENDED/PAUSED), STOPPED/SAVED held, \`started\` (STARTED/RESTORED), \`resumed\` (RESUMED/FROM_SNAPSHOT)                                    |
+| live migration, source            | \`paused\` (SUSPENDED/MIGRATED: the job is still running, so not \`migration_completed\`), then \`stopped\` (STOPPED/MIGRATED) after the delay            |
+| live migration, destination       | \`started\` (STARTED/MIGRATED, power_state 3), then \`resumed\` (RESUMED/MIGRATED, or POSTCOPY in post-copy, power_state 1); post-copy source: \`postcopy_started\` |
+
 ### Snapshots: \`sync\` … \`sync_end\`
 
 At start, after every libvirt reconnect, every \`bridge.resyncIntervalSeconds\` and after a native
