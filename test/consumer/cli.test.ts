@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { VIRTBUS_BIN } from '../support/bridge-process';
 import { testPostgresUrl } from '../support/services';
-import { tempSqliteUrl } from './harness';
+import { tempSqliteUrl } from '../support/consumer';
 
 interface Run {
   readonly code: number | null;

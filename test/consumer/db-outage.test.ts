@@ -14,7 +14,7 @@ import { startMetricsServer } from '../../src/metrics/server';
 import { startPostgres } from '../../src/sandbox';
 import { testBroker } from '../support/services';
 import { metricValue } from '../support/bridge-process';
-import { Bus, EventFactory, instance, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+import { Bus, EventFactory, instance, startConsumer, tempSqliteUrl, waitUntil } from '../support/consumer';
 
 const HOST = 'cmp-db';
 

@@ -27,7 +27,7 @@ import {
   startConsumer,
   tempSqliteUrl,
   waitUntil,
-} from './harness';
+} from '../support/consumer';
 import { random } from '../support/random';
 
 const HOST = 'cmp-dl';

@@ -16,7 +16,7 @@ import { openStore } from '../../src/store/open';
 import type { InstanceStore } from '../../src/store/types';
 import type { StopCommand } from '../../src/messages/command';
 import { createLogger } from '../../src/util/log';
-import { instance, row, tempSqliteUrl, waitUntil } from './harness';
+import { instance, row, tempSqliteUrl, waitUntil } from '../support/consumer';
 import { after } from 'node:test';
 
 const HOST = 'cmp-01.example.org';

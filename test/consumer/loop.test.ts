@@ -10,7 +10,15 @@ import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isoMicros, nowMicros } from '../../src/util/time';
 import { testBroker } from '../support/services';
-import { Bus, EventFactory, instance, row, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+import {
+  Bus,
+  EventFactory,
+  instance,
+  row,
+  startConsumer,
+  tempSqliteUrl,
+  waitUntil,
+} from '../support/consumer';
 
 const HOST = 'cmp-03.example.org';
 const UUID_IN_TEXT = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/i;

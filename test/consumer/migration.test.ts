@@ -6,6 +6,7 @@
  * and no command; one host's word never moves it; a late result from the source after the move
  * is not applied, and a result from another host than the commanded one is dead-lettered.
  */
+import { stopResult } from '../support/commands';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
@@ -14,11 +15,19 @@ import { LifecycleEvent } from '../../src/libvirt/constants';
 import { libvirtCodes, type Transition } from '../../src/libvirt/translate';
 import type { PowerStateCode } from '../../src/libvirt/constants';
 import { buildLifecycleMessage, type LifecycleMessage } from '../../src/messages/lifecycle';
-import { COMMAND_RESULT_SCHEMA, commandResultRoutingKey } from '../../src/messages/command';
+import { commandResultRoutingKey } from '../../src/messages/command';
 import { REASON_HEADER } from '../../src/consumer/service';
 import { isoMicros, nowMicros } from '../../src/util/time';
 import { testBroker, testPostgresUrl } from '../support/services';
-import { Bus, instance, row, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+import {
+  Bus,
+  instance,
+  row,
+  startConsumer,
+  syncEndMessage,
+  tempSqliteUrl,
+  waitUntil,
+} from '../support/consumer';
 
 const A = 'cmp-a.example.org';
 const B = 'cmp-b.example.org';
@@ -86,26 +95,14 @@ class FakeBridge {
 
   syncEnd(uuids: readonly string[]): LifecycleMessage {
     this.#seq += 1;
-    const occurred = this.#occurred();
-    return buildLifecycleMessage({
+    const occurredUs = this.#occurred();
+    return syncEndMessage({
       host: this.host,
-      instanceUuid: null,
-      domainName: null,
-      transition: 'sync_end',
-      libvirt: null,
-      powerState: null,
-      occurredMicros: occurred,
-      publishedMicros: occurred + 100,
-      delayedMs: 0,
       seq: this.#seq,
       bootId: this.bootId,
-      snapshot: {
-        id: randomUUID(),
-        reason: 'periodic',
-        count: uuids.length,
-        taken_at: isoMicros(occurred - 10),
-      },
-      instanceUuids: uuids,
+      occurredUs,
+      takenUs: occurredUs - 10,
+      uuids,
     });
   }
 }
@@ -252,18 +249,7 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       const command = bus.commandsFor(uuid)[0];
       assert.ok(command);
       const before = await row(consumer.store, uuid);
-      const forged = {
-        schema: COMMAND_RESULT_SCHEMA,
-        command_id: command.command_id,
-        action: command.action,
-        host: B,
-        instance_uuid: uuid,
-        outcome: 'stopped',
-        method: 'shutdown',
-        power_state: 4,
-        error: null,
-        finished_at: isoMicros(nowMicros()),
-      };
+      const forged = stopResult({ ...command, host: B });
       const messageId = randomUUID();
       await bus.publishRaw(
         consumer.config.amqp.commandExchange,

@@ -19,7 +19,7 @@ import {
   tempSqliteUrl,
   waitUntil,
   type RunningConsumer,
-} from './harness';
+} from '../support/consumer';
 
 const HOST = 'cmp-05.example.org';
 const QUEUE = 'versioned_notifications.info';

@@ -12,7 +12,7 @@ import type { Transition } from '../../src/libvirt/translate';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';
 import type { InstanceRow } from '../../src/store/types';
 import { testBroker } from '../support/services';
-import { Bus, EventFactory, instance, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+import { Bus, EventFactory, instance, startConsumer, tempSqliteUrl, waitUntil } from '../support/consumer';
 import { random } from '../support/random';
 
 const HOST = 'cmp-07';

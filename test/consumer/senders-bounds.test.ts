@@ -10,7 +10,15 @@ import { describe, it } from 'node:test';
 import { lifecycleRoutingKey } from '../../src/messages/lifecycle';
 import { DEAD_LETTER_PREFIX_BYTES, REASON_HEADER } from '../../src/consumer/service';
 import { testBroker } from '../support/services';
-import { Bus, EventFactory, instance, row, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+import {
+  Bus,
+  EventFactory,
+  instance,
+  row,
+  startConsumer,
+  tempSqliteUrl,
+  waitUntil,
+} from '../support/consumer';
 
 const HOST = 'cmp-bounds';
 

@@ -9,20 +9,15 @@
  * routing key, which is what makes user_id and the routing key worth checking; the consumer's stop
  * commands carry its own user_id; a stop command no queue takes is a publish failure.
  */
+import { stopResult } from '../support/commands';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type ConfirmChannel, type ConsumeMessage, type GetMessage, type Options } from 'amqplib';
-import {
-  COMMAND_RESULT_SCHEMA,
-  commandResultRoutingKey,
-  type CommandResult,
-  type StopCommand,
-} from '../../src/messages/command';
+import { commandResultRoutingKey, type CommandResult, type StopCommand } from '../../src/messages/command';
 import { lifecycleRoutingKey, type LifecycleMessage } from '../../src/messages/lifecycle';
 import { REASON_HEADER } from '../../src/consumer/service';
-import { isoMicros, nowMicros } from '../../src/util/time';
 import { onTeardown, testBroker, type TestBroker } from '../support/services';
 import {
   Bus,
@@ -33,7 +28,7 @@ import {
   startConsumer,
   tempSqliteUrl,
   waitUntil,
-} from './harness';
+} from '../support/consumer';
 
 const SUFFIX = randomBytes(3).toString('hex');
 /** Host names whose segments are themselves (users are node-wide: unique per run). */
@@ -313,18 +308,7 @@ describe('verified senders (strict mode, per-host broker users)', async () => {
     );
     await waitUntil('the stop', () => bus.commandsFor(uuid).length === 1, 5000);
     const command = bus.commandsFor(uuid)[0] as StopCommand;
-    const result = (id: string): CommandResult => ({
-      schema: COMMAND_RESULT_SCHEMA,
-      command_id: id,
-      action: command.action,
-      host: HOST_B,
-      instance_uuid: uuid,
-      outcome: 'stopped',
-      method: 'shutdown',
-      power_state: 4,
-      error: null,
-      finished_at: isoMicros(nowMicros()),
-    });
+    const result = (id: string): CommandResult => stopResult({ ...command, command_id: id, host: HOST_B });
     // A, under its own key, claiming to be B; then the rogue under B's key without user_id.
     const spoofed = { ...result(command.command_id) };
     await a.publish(commandExchange, commandResultRoutingKey(HOST_A), spoofed, {

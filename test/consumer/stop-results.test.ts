@@ -13,7 +13,15 @@ import type { StopCommand } from '../../src/messages/command';
 import { applyAssignments } from '../../src/store/input';
 import { isoMicros, nowMicros } from '../../src/util/time';
 import { testBroker, testPostgresUrl } from '../support/services';
-import { Bus, EventFactory, instance, row, startConsumer, tempSqliteUrl, waitUntil } from './harness';
+import {
+  Bus,
+  EventFactory,
+  instance,
+  row,
+  startConsumer,
+  tempSqliteUrl,
+  waitUntil,
+} from '../support/consumer';
 
 const HOST = 'cmp-09.example.org';
 

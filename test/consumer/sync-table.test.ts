@@ -25,7 +25,7 @@ import {
   waitUntil,
   type Answer,
   type RunningConsumer,
-} from './harness';
+} from '../support/consumer';
 
 const HOST = 'cmp-01.example.org';
 const OTHER = 'cmp-02.example.org';

@@ -14,7 +14,7 @@ import type { LifecycleMessage } from '../../src/messages/lifecycle';
 import type { PowerStateCode } from '../../src/libvirt/constants';
 import type { Transition } from '../../src/libvirt/translate';
 import { createLogger } from '../../src/util/log';
-import { Bus, consumerConfig, EventFactory, instance, waitUntil } from './harness';
+import { Bus, consumerConfig, EventFactory, instance, waitUntil } from '../support/consumer';
 import { after } from 'node:test';
 
 const HOSTS = ['cmp-a1', 'cmp-a2', 'cmp-a3', 'cmp-a4'];

@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect } from 'amqplib';
-import { FaultRig } from './rig';
+import { FaultRig } from '../support/fault-rig';
 import { metricValue, scrape, startPostgres } from '../../src/sandbox';
 import { onTeardown } from '../support/services';
 

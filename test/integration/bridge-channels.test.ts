@@ -8,7 +8,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { sleep, waitUntil } from '../support/wait';
 import { connect } from 'amqplib';
 import pino from 'pino';
 import { testBroker, type TestBroker } from '../support/services';
@@ -57,13 +57,9 @@ function amqpConnection(url: string, logger: pino.Logger): AmqpConnection {
   });
 }
 
-async function until(what: string, predicate: () => boolean, timeoutMs = 15000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+/** Waits with this file's default bound (15 s) and a 20 ms poll. */
+const until = (what: string, predicate: () => boolean, timeoutMs = 15000): Promise<void> =>
+  waitUntil(what, predicate, timeoutMs, 20);
 
 describe('bridge channels under faults', () => {
   let broker: TestBroker;

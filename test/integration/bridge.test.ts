@@ -3,6 +3,7 @@
  * RabbitMQ node: routing keys, bodies, bindings, Nova's delayed STOPPED, the start snapshot, stop
  * commands, unroutable messages and a clean SIGTERM.
  */
+import { stopCommandBody } from '../support/commands';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'amqplib';
@@ -22,7 +23,7 @@ import { domainXml, openDriver } from '../support/domains';
 import type { LibvirtdSandbox } from '../../src/sandbox';
 import type { NativeConnection } from '../../src/native/contract';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';
-import { COMMAND_SCHEMA, commandRoutingKey, type CommandResult } from '../../src/messages/command';
+import { commandRoutingKey, type CommandResult } from '../../src/messages/command';
 import { isoMicros, nowMicros } from '../../src/util/time';
 
 const HOST = 'cmp-01.Example.org';
@@ -264,19 +265,11 @@ describe('virtbus bridge', () => {
         channel.publish(
           'virtbus.commands',
           commandRoutingKey(HOST),
-          Buffer.from(
-            JSON.stringify({
-              schema: COMMAND_SCHEMA,
-              command_id: id,
-              action,
-              host: HOST,
-              instance_uuid: uuid,
-              reason: 'test',
-              issued_at: isoMicros(nowMicros()),
-              expires_at: isoMicros(nowMicros() + expiresInMs * 1000),
-              ...(onlyIf ? { only_if_power_states: onlyIf } : {}),
-            }),
-          ),
+          stopCommandBody(HOST, id, uuid, {
+            action,
+            expires_at: isoMicros(nowMicros() + expiresInMs * 1000),
+            ...(onlyIf ? { only_if_power_states: onlyIf } : {}),
+          }),
           // As the consumer publishes them: user_id is its broker user (guest here), which the bridge trusts.
           { persistent: true, userId: 'guest' },
         );

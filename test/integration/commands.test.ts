@@ -6,12 +6,13 @@
  * command consumer is followed by a new subscription; with the default passive topology the bridge
  * declares nothing and names what is missing.
  */
+import { stopCommandBody } from '../support/commands';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { waitUntil } from '../support/wait';
 import { connect, type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
 import { testBroker, testLibvirtd, type TestBroker } from '../support/services';
 import { metricValue, scrape, startVirtbus, type ServiceProcess } from '../support/bridge-process';
@@ -19,7 +20,6 @@ import { domainXml, openDriver } from '../support/domains';
 import type { LibvirtdSandbox } from '../../src/sandbox';
 import type { NativeConnection } from '../../src/native/contract';
 import {
-  COMMAND_SCHEMA,
   commandQueueName,
   commandResultRoutingKey,
   commandRoutingKey,
@@ -35,17 +35,9 @@ interface Received {
   readonly userId: unknown;
 }
 
-async function until(
-  what: string,
-  predicate: () => boolean | Promise<boolean>,
-  timeoutMs = 20000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
+/** Waits with this file's default bound (20 s). */
+const until = (what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 20000): Promise<void> =>
+  waitUntil(what, predicate, timeoutMs);
 
 /** The message of a log line's serialized error, or ''. */
 function errorMessage(line: Record<string, unknown>): string {
@@ -88,24 +80,10 @@ describe('bridge stop commands: senders, replays, horizon, re-subscription', () 
     extra: Record<string, unknown> = {},
     properties: Options.Publish = { userId: 'guest' },
   ): Promise<void> => {
-    channel.publish(
-      'virtbus.commands',
-      commandRoutingKey(HOST),
-      Buffer.from(
-        JSON.stringify({
-          schema: COMMAND_SCHEMA,
-          command_id: id,
-          action: 'force_stop',
-          host: HOST,
-          instance_uuid: domain,
-          reason: 'test',
-          issued_at: isoMicros(nowMicros()),
-          expires_at: isoMicros(nowMicros() + 60_000_000),
-          ...extra,
-        }),
-      ),
-      { persistent: true, ...properties },
-    );
+    channel.publish('virtbus.commands', commandRoutingKey(HOST), stopCommandBody(HOST, id, domain, extra), {
+      persistent: true,
+      ...properties,
+    });
     await channel.waitForConfirms();
   };
   const resultOf = async (id: string): Promise<Received> => {

@@ -12,7 +12,7 @@ import {
   loadNativeBinding,
 } from '../../src/native/binding';
 import type { NativeBinding } from '../../src/native/contract';
-import { NO_KEEPALIVE, TEST_URI } from '../fixtures/native/collector';
+import { NO_KEEPALIVE, TEST_URI } from '../support/native-collector';
 
 void describe('native contract', () => {
   const binding = loadNativeBinding();

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadNativeBinding } from '../../src/native/binding';
-import { Collector, NO_KEEPALIVE, TEST_URI, domainXml, sleep } from '../fixtures/native/collector';
+import { Collector, NO_KEEPALIVE, TEST_URI, domainXml, sleep } from '../support/native-collector';
 
 void describe('native event loop', () => {
   const binding = loadNativeBinding();

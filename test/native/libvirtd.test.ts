@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { CloseReason, isLibvirtError, loadNativeBinding } from '../../src/native/binding';
 import type { NativeConnection } from '../../src/native/contract';
 import { startLibvirtd, type LibvirtdSandbox } from '../../src/sandbox';
-import { Collector, domainXml } from '../fixtures/native/collector';
+import { Collector, domainXml } from '../support/native-collector';
 
 const KEEPALIVE = { readOnly: false, keepaliveInterval: 1, keepaliveCount: 2 } as const;
 

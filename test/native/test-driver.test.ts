@@ -14,7 +14,7 @@ import {
   loadNativeBinding,
 } from '../../src/native/binding';
 import type { NativeConnection, RawDomainEvent } from '../../src/native/contract';
-import { Collector, NO_KEEPALIVE, TEST_URI, domainXml } from '../fixtures/native/collector';
+import { Collector, NO_KEEPALIVE, TEST_URI, domainXml } from '../support/native-collector';
 
 const UNKNOWN_UUID = '0badc0de-0000-4000-8000-000000000001';
 

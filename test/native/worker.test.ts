@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import { loadNativeBinding } from '../../src/native/binding';
-import { Collector } from '../fixtures/native/collector';
+import { Collector } from '../support/native-collector';
 
 interface WorkerReport {
   drain: string | null;

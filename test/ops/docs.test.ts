@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { alertRules, configEnvNames, registeredMetrics, REPO } from './helpers';
+import { alertRules, configEnvNames, registeredMetrics, REPO } from '../support/deploy';
 
 const text = (): string => readFileSync(join(REPO, 'docs', 'operations.md'), 'utf8');
 

@@ -15,7 +15,7 @@ import {
   promqlMetricNames,
   registeredMetrics,
   TARGET_LABELS,
-} from './helpers';
+} from '../support/deploy';
 
 /** A histogram is shown through its _bucket series; other metrics by name. */
 function family(name: string, type: string): string {

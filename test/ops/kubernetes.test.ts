@@ -12,7 +12,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { run } from '../../src/sandbox/exec';
-import { configEnvNames, deployFile, deployFiles, REPO, yamlDocuments } from './helpers';
+import { configEnvNames, deployFile, deployFiles, REPO, yamlDocuments } from '../support/deploy';
 
 /** The parts of the Kubernetes objects these tests read (parsed YAML, cast: a missing field fails). */
 type Labels = Record<string, string>;

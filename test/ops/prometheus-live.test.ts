@@ -30,7 +30,7 @@ import {
   requireTool,
   serviceMetricsUrl,
   yamlDocuments,
-} from './helpers';
+} from '../support/deploy';
 
 const HOST = 'cmp-09.example.org';
 

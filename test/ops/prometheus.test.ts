@@ -20,7 +20,7 @@ import {
   requireTool,
   TARGET_LABELS,
   yamlDocuments,
-} from './helpers';
+} from '../support/deploy';
 
 interface RuleTests {
   rule_files: string[];

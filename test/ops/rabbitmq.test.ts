@@ -35,7 +35,7 @@ import {
 } from '../support/bridge-process';
 import { domainXml, openDriver } from '../support/domains';
 import { onTeardown, ownRabbitNode, testLibvirtd } from '../support/services';
-import { deployFile, serviceMetricsUrl } from './helpers';
+import { deployFile, serviceMetricsUrl } from '../support/deploy';
 
 const DEFINITIONS = deployFile('rabbitmq', 'definitions.json');
 const VHOST = 'virtbus';

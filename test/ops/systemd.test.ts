@@ -10,7 +10,7 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../../src/sandbox/exec';
-import { configEnvNames, deployFile, readDeploy, REPO, requireTool } from './helpers';
+import { configEnvNames, deployFile, readDeploy, REPO, requireTool } from '../support/deploy';
 
 type Unit = Map<string, Map<string, string[]>>;
 

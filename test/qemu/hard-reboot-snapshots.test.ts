@@ -12,7 +12,7 @@ import { startQemuHost } from '../../src/sandbox';
 import { startVirtbus } from '../support/bridge-process';
 import { BusRecorder } from '../support/bus';
 import { testBroker } from '../support/services';
-import { instance, row, tempSqliteUrl } from '../consumer/harness';
+import { instance, row, tempSqliteUrl } from '../support/consumer';
 import { openStore } from '../../src/store/open';
 import { createLogger } from '../../src/util/log';
 import type { StopCommand } from '../../src/messages/command';

@@ -32,7 +32,7 @@ import { openStore } from '../../src/store/open';
 import { createLogger } from '../../src/util/log';
 import type { InstanceStore } from '../../src/store/types';
 import { onTeardown, testBroker } from '../support/services';
-import { instance, tempSqliteUrl } from '../consumer/harness';
+import { instance, tempSqliteUrl } from '../support/consumer';
 import {
   BusObserver,
   consumerCaughtUp,
@@ -42,7 +42,7 @@ import {
   waitRow,
   type BridgeSettings,
   type RigHost,
-} from './migration-rig';
+} from '../support/qemu-migration';
 
 const HOST_A = 'cmp-a.example.org';
 const HOST_B = 'cmp-b.example.org';

@@ -21,7 +21,7 @@ import {
 import { loadConfig, type VirtbusConfig } from '../../src/config/load';
 import { hostSegment } from '../../src/messages/lifecycle';
 import type { RabbitSandbox } from '../../src/sandbox';
-import { deployFile } from '../ops/helpers';
+import { deployFile } from '../support/deploy';
 import { onTeardown, ownRabbitNode } from '../support/services';
 
 export const HOST_A = 'cmp-a.example.org';

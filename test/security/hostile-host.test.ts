@@ -11,6 +11,7 @@
  * The checks live in the consumer (sender verification, result host, the migration rule) and in the
  * bridge's command executor (user_id, own host, expiry horizon, replay memory): issue 10 items 2–4.
  */
+import { stopResult } from '../support/commands';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -19,7 +20,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
 import {
-  COMMAND_RESULT_SCHEMA,
   COMMAND_SCHEMA,
   commandQueueName,
   commandResultRoutingKey,
@@ -38,8 +38,8 @@ import { openStore } from '../../src/store/open';
 import type { InstanceStore } from '../../src/store/types';
 import { createLogger } from '../../src/util/log';
 import { isoMicros, nowMicros } from '../../src/util/time';
-import { instance, row, waitUntil } from '../consumer/harness';
-import { serviceMetricsUrl } from '../ops/helpers';
+import { instance, row, waitUntil } from '../support/consumer';
+import { serviceMetricsUrl } from '../support/deploy';
 import { startVirtbus, type ServiceProcess } from '../support/bridge-process';
 import { domainXml, openDriver } from '../support/domains';
 import { onTeardown, testLibvirtd } from '../support/services';
@@ -505,18 +505,16 @@ describe('hostile host A against the consumer and host B’s bridge', () => {
       20000,
     );
     const pending = await row(store, pendingVictim.uuid);
-    const forged = (host: string): CommandResult => ({
-      schema: COMMAND_RESULT_SCHEMA,
-      command_id: pending.pending_command_id as string,
-      action: pending.pending_action === 'force_stop' ? 'force_stop' : 'stop',
-      host,
-      instance_uuid: pendingVictim.uuid,
-      outcome: 'stopped',
-      method: 'destroy',
-      power_state: 4,
-      error: null,
-      finished_at: new Date().toISOString(),
-    });
+    const forged = (host: string): CommandResult =>
+      stopResult(
+        {
+          command_id: pending.pending_command_id as string,
+          action: pending.pending_action === 'force_stop' ? 'force_stop' : 'stop',
+          host,
+          instance_uuid: pendingVictim.uuid,
+        },
+        { method: 'destroy' },
+      );
     const ids: string[] = [];
     for (const host of [HOST_B, HOST_A]) {
       const messageId = randomUUID();

@@ -26,7 +26,7 @@ import { createLogger } from '../../src/util/log';
 import { commandRoutingKey, type CommandResult, type StopCommand } from '../../src/messages/command';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';
 import { decodeNotification, type InstanceUpdateMessage } from '../../src/notify/instance-update';
-import { instance, tempSqliteUrl } from '../consumer/harness';
+import { instance, tempSqliteUrl } from './consumer';
 import { onTeardown, testBroker } from './services';
 
 export interface QemuRigOptions {

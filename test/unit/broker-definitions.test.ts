@@ -28,7 +28,7 @@ import { TRANSITIONS } from '../../src/libvirt/translate';
 import { hostSegment, lifecycleRoutingKey } from '../../src/messages/lifecycle';
 import { run } from '../../src/sandbox/exec';
 import { VIRTBUS_BIN } from '../support/bridge-process';
-import { deployFile } from '../ops/helpers';
+import { deployFile } from '../support/deploy';
 
 /** The hosts deploy/rabbitmq/definitions.json is generated for (docs/operations.md says so). */
 const EXAMPLE_HOSTS = ['cmp-01.example.org', 'cmp-02.example.org'];

@@ -6,6 +6,7 @@
  * already_stopped; a domain this host does not have is not_found; a result that did not read libvirt
  * carries power_state null.
  */
+import { libvirtError } from '../support/commands';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import pino from 'pino';
@@ -17,14 +18,6 @@ import { isoMicros, nowMicros } from '../../src/util/time';
 const UUID = '0f1e2d3c-4b5a-4968-8776-655443322110';
 const S = { RUNNING: 1, PAUSED: 3, SHUTDOWN: 4, SHUTOFF: 5, CRASHED: 6 } as const;
 
-function libvirtError(code: number, message: string): Error {
-  return Object.assign(new Error(message), {
-    name: 'LibvirtError',
-    libvirtCode: code,
-    libvirtDomain: 10,
-    libvirtLevel: 2,
-  });
-}
 const noDomain = (): Error => libvirtError(42, 'Domain not found');
 
 /** A domain whose libvirt state the test scripts; records what the executor asked of it. */

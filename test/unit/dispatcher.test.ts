@@ -2,6 +2,7 @@
  * The dispatcher's ordering around Nova's delayed STOPPED, with a recording outbox and no libvirt
  * connection (power states then read as unknown): what enters the outbox is what reaches the wire.
  */
+import { libvirtError } from '../support/commands';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -315,14 +316,6 @@ describe('snapshots and a held STOPPED (issue 9, 4d)', () => {
 });
 
 describe('SUSPENDED/MIGRATED job check (issue 9, 4f)', () => {
-  function libvirtError(code: number, message: string): Error {
-    return Object.assign(new Error(message), {
-      name: 'LibvirtError',
-      libvirtCode: code,
-      libvirtDomain: 10,
-      libvirtLevel: 2,
-    });
-  }
   const states = (uuids: readonly string[]) => Promise.resolve(uuids.map(() => ({ state: 3, reason: 2 })));
   const migrated = () => [event(EVENT_SUSPENDED, 1, DETAIL_SUSPENDED_MIGRATED)];
 

@@ -11,7 +11,7 @@ import { schemaLeaves } from '../../src/config/load';
 import { createBridgeMetrics, type BridgeMetricSources } from '../../src/bridge/metrics';
 import type { QueueStats } from '../../src/native/contract';
 import { createConsumerMetrics } from '../../src/consumer/metrics';
-import type { ServiceProcess } from '../support/bridge-process';
+import type { ServiceProcess } from './bridge-process';
 
 /** The repository root (this file runs from dist/test/ops). */
 export const REPO = resolve(__dirname, '..', '..', '..');

@@ -21,8 +21,8 @@ import { createServer, connect as tcpConnect, type Server, type Socket } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startVirtbus, type ServiceProcess } from '../support/bridge-process';
-import { onTeardown } from '../support/services';
+import { startVirtbus, type ServiceProcess } from './bridge-process';
+import { onTeardown } from './services';
 import { waitUntil } from '../../src/sandbox';
 import type { QemuHost } from '../../src/sandbox';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';

@@ -30,7 +30,7 @@ import {
   type RabbitSandbox,
   type ServiceProcess,
 } from '../../src/sandbox';
-import { onTeardown } from '../support/services';
+import { onTeardown } from './services';
 
 const run = promisify(execFile);
 export const HOST = 'fault-host';

@@ -4,6 +4,7 @@
  * lifecycle messages, watches stop commands and notifications, answers commands, reads the
  * dead-letter queue.
  */
+import { stopResult } from './commands';
 import {
   connect,
   type Channel,
@@ -23,13 +24,7 @@ import { createConsumerMetrics, type ConsumerMetrics } from '../../src/consumer/
 import { ConsumerService, type ProcessedInfo } from '../../src/consumer/service';
 import type { Transition } from '../../src/libvirt/translate';
 import type { PowerStateCode } from '../../src/libvirt/constants';
-import {
-  COMMAND_RESULT_SCHEMA,
-  commandResultRoutingKey,
-  type CommandOutcome,
-  type CommandResult,
-  type StopCommand,
-} from '../../src/messages/command';
+import { commandResultRoutingKey, type CommandOutcome, type StopCommand } from '../../src/messages/command';
 import {
   buildLifecycleMessage,
   lifecycleRoutingKey,
@@ -188,23 +183,46 @@ export class EventFactory {
 
   syncEnd(host: string, uuids: readonly string[], takenUs: number): LifecycleMessage {
     this.#seq += 1;
-    const occurred = this.tick();
-    return buildLifecycleMessage({
+    return syncEndMessage({
       host,
-      instanceUuid: null,
-      domainName: null,
-      transition: 'sync_end',
-      libvirt: null,
-      powerState: null,
-      occurredMicros: occurred,
-      publishedMicros: occurred + 100,
-      delayedMs: 0,
       seq: this.#seq,
       bootId: this.bootId,
-      snapshot: { id: randomUUID(), reason: 'periodic', count: uuids.length, taken_at: isoMicros(takenUs) },
-      instanceUuids: uuids,
+      occurredUs: this.tick(),
+      takenUs,
+      uuids,
     });
   }
+}
+
+/** A snapshot's closing message (`sync_end`): which instances the host had when it was taken. */
+export function syncEndMessage(fields: {
+  host: string;
+  seq: number;
+  bootId: string;
+  occurredUs: number;
+  takenUs: number;
+  uuids: readonly string[];
+}): LifecycleMessage {
+  return buildLifecycleMessage({
+    host: fields.host,
+    instanceUuid: null,
+    domainName: null,
+    transition: 'sync_end',
+    libvirt: null,
+    powerState: null,
+    occurredMicros: fields.occurredUs,
+    publishedMicros: fields.occurredUs + 100,
+    delayedMs: 0,
+    seq: fields.seq,
+    bootId: fields.bootId,
+    snapshot: {
+      id: randomUUID(),
+      reason: 'periodic',
+      count: fields.uuids.length,
+      taken_at: isoMicros(fields.takenUs),
+    },
+    instanceUuids: fields.uuids,
+  });
 }
 
 /** Fake-bridge answer: what a CommandResult for a command should say. */
@@ -297,18 +315,12 @@ export class Bus {
     /** The bridge's finished_at (epoch microseconds); now by default. */
     finishedUs: number = nowMicros(),
   ): Promise<void> {
-    const result: CommandResult = {
-      schema: COMMAND_RESULT_SCHEMA,
-      command_id: command.command_id,
-      action: command.action,
-      host: command.host,
-      instance_uuid: command.instance_uuid,
+    const result = stopResult(command, {
       outcome,
-      method: outcome === 'stopped' ? 'shutdown' : 'none',
       power_state: powerState,
       error,
       finished_at: isoMicros(finishedUs),
-    };
+    });
     await this.publishRaw(
       this.#commandExchange,
       commandResultRoutingKey(command.host),
