@@ -14,11 +14,8 @@ export interface Channels {
   readonly publish: ConfirmChannel;
   depth: Channel | undefined;
   acks: Acks | undefined;
-  tags: string[];
-  subscribing: boolean;
-  /** #resume was asked for while a subscription was in progress: check again when it ends. */
-  resumeAgain: boolean;
-  open: boolean;
+  /** While these are the subscription's channels (subscription-state.ts): closed ones ack nothing. */
+  readonly open: boolean;
 }
 
 /** A message from its delivery to its acknowledgement. */
