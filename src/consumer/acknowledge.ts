@@ -116,7 +116,7 @@ export class Acknowledger {
           // the channel closed meanwhile: the broker returns the message itself
         }
       }
-      channels.acks?.settled(delivery);
+      channels.acks?.returned(delivery);
       return;
     }
     metrics.messages.inc({ outcome: 'dead_lettered' });

@@ -217,21 +217,22 @@ export class LifecycleHandler {
 
   /** Clears stop commands that passed their deadline without a result; returns how many. */
   async expireCommands(run: StoreRunner = direct): Promise<number> {
-    const { store } = this.#options;
+    const { store, metrics } = this.#options;
     const nowMs = Math.floor(this.#now() / 1000);
     const candidates = await run(() => store.expiredCommands(nowMs));
-    const expired = { count: 0 };
+    let timedOut = 0;
     const published: Array<Promise<void> | undefined> = [];
     for (let start = 0; start < candidates.length; start += ROUND_ROWS) {
       const tasks = candidates
         .slice(start, start + ROUND_ROWS)
-        .map((candidate) => expiryTask(this.#stopContext, candidate, expired));
-      for (const result of await this.#rounds(tasks, run)) {
+        .map((candidate) => expiryTask(this.#stopContext, candidate));
+      for (const result of await runRounds(store, metrics, tasks, run)) {
         if (!result.ok) throw result.error;
+        if (result.decision.outcome === 'timed_out') timedOut += 1;
         published.push(result.published);
       }
     }
     await joinPublished(published);
-    return expired.count;
+    return timedOut;
   }
 }

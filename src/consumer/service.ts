@@ -10,7 +10,7 @@
  * delivery order — so the database sees one transaction per batch and a batch's decisions are
  * taken on the rows the previous batch committed. After the commit the batch's notifications and
  * stop commands go out at once; when the broker has confirmed them all, the batch is acknowledged
- * with one `multiple` ack up to the newest delivery tag below which everything is settled. While a
+ * with one `multiple` ack up to the newest delivery tag below which every message is done. While a
  * batch waits for its confirms the next one is already in the database.
  *
  * Failure handling:
@@ -280,7 +280,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
   // ---- messages ----------------------------------------------------------------------------
 
   #accept(queue: 'lifecycle' | 'result', channels: Channels, message: ConsumeMessage): void {
-    const delivery: Delivery = { queue, channels, message, state: 0, behind: false, info: undefined };
+    const delivery: Delivery = { queue, channels, message, state: 'in_hand', behind: false, info: undefined };
     channels.acks?.add(delivery);
     this.#intake.push(delivery);
     if (!this.#intakeScheduled) {
