@@ -20,9 +20,11 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { expiryTask } from '../../src/consumer/stop-results';
 import { PowerState } from '../../src/libvirt/constants';
 import type { Transition } from '../../src/libvirt/translate';
 import { VM_STATES } from '../../src/store/types';
+import { createLogger } from '../../src/util/log';
 import { Bridge, resultFor, rig, type Rig } from './handler-kit';
 
 const { NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED } = PowerState;
@@ -500,6 +502,27 @@ describe('Nova 4: the stop API', () => {
     r.clock += 61_000_000;
     assert.equal(await r.handler.expireCommands(), 0);
     assert.equal(r.store.row(uuid).last_action, 'stop');
+  });
+
+  it("the sweep's outcomes say what it did: timed_out, or no_longer_pending for a row that left the command", async () => {
+    const r = rig();
+    const uuid = r.instance('cmp-a');
+    await r.handler.handleLifecycle(new Bridge('cmp-a').event(uuid, 'stopped', SHUTDOWN));
+    const listed = r.store.row(uuid);
+    // Decisions only (their effects, which would notify, are not run here).
+    const task = expiryTask(
+      {
+        logger: createLogger('silent', 'expiry-test'),
+        metrics: r.metrics,
+        notifier: undefined as never,
+        stopTimeoutMs: 60_000,
+        now: () => r.clock,
+      },
+      listed,
+    );
+    assert.equal(task.decide(listed).outcome, 'timed_out');
+    assert.equal(task.decide({ ...listed, pending_command_id: null }).outcome, 'no_longer_pending');
+    assert.equal(task.decide(undefined).outcome, 'no_longer_pending');
   });
 
   it('a command the broker would not take: counted, the row waits for the stop timeout (the next sync retries)', async () => {
