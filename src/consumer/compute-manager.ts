@@ -264,7 +264,8 @@ export class ComputeManager {
   /**
    * The stop API for a stop or force_stop branch: compute_api.stop's checks (force_stop has none),
    * then — unless a live migration is in evidence (Nova does not act on an instance whose task_state
-   * is 'migrating') — a command in nova mode, a record of it in observe mode.
+   * is 'migrating') — a command in nova mode, a record of it in observe mode. Every reason not to
+   * act on a stop branch belongs here, as a StopCall kind, so the row, the metric and the log follow.
    */
   #callStopApi(
     action: CommandAction,
