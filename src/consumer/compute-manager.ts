@@ -71,7 +71,7 @@ export class ComputeManager {
   /**
    * handle_lifecycle_event (vmPowerState = the power state the transition implies) or, for a `sync`
    * snapshot entry, _query_driver_power_state_and_sync (vmPowerState = the live state it read).
-   * Undefined for transitions Nova does not act on (Nova logs "Unexpected lifecycle event").
+   * Undefined for transitions Nova never syncs on (its libvirt driver emits no event for them).
    */
   lifecycleTask(event: LifecycleEventIn): Task | undefined {
     const periodic = event.transition === 'sync';
