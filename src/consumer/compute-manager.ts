@@ -98,7 +98,7 @@ export class ComputeManager {
     return {
       uuid,
       decide: (row) => {
-        // Changed since the snapshot was taken (or no longer this host's): the snapshot says nothing.
+        // Gone from this host, deleted, or changed since the snapshot was taken: it says nothing of it.
         if (
           !row ||
           row.host !== event.host ||
