@@ -1,7 +1,7 @@
 /**
  * Acknowledgement bookkeeping of the consumer's channels, apart from the service that decides what
  * to acknowledge: a delivery's life from the broker to its ack, and the `multiple`-ack window that
- * lets one frame settle a whole batch. Kept apart because its invariants (ack only up to the oldest
+ * lets one frame acknowledge a whole batch. Kept apart because its invariants (ack only up to the oldest
  * delivery still in hand; never ack on a closed channel) are its own and are easier to check alone.
  */
 import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
@@ -14,11 +14,8 @@ export interface Channels {
   readonly publish: ConfirmChannel;
   depth: Channel | undefined;
   acks: Acks | undefined;
-  tags: string[];
-  subscribing: boolean;
-  /** #resume was asked for while a subscription was in progress: check again when it ends. */
-  resumeAgain: boolean;
-  open: boolean;
+  /** While these are the subscription's channels (subscription-state.ts): closed ones ack nothing. */
+  readonly open: boolean;
 }
 
 /** A message from its delivery to its acknowledgement. */
@@ -26,8 +23,11 @@ export interface Delivery {
   readonly queue: 'lifecycle' | 'result';
   readonly channels: Channels;
   readonly message: ConsumeMessage;
-  /** 0: in hand; 1: done, to be acknowledged; 2: settled with the broker (acknowledged or returned). */
-  state: 0 | 1 | 2;
+  /**
+   * in_hand: being processed; done: to be acknowledged; released: the broker no longer holds it for
+   * us (acknowledged, or returned to its queue).
+   */
+  state: 'in_hand' | 'done' | 'released';
   /** Done out of delivery order (counted in Acks' backlog). */
   behind: boolean;
   info: ProcessedInfo | undefined;
@@ -57,19 +57,19 @@ export class Acks {
 
   /** These deliveries are done (their info set): acknowledge them as soon as order allows. */
   complete(deliveries: readonly Delivery[]): void {
-    for (const delivery of deliveries) delivery.state = 1;
+    for (const delivery of deliveries) delivery.state = 'done';
     this.#advance();
     for (const delivery of deliveries)
-      if (delivery.state === 1 && !delivery.behind) {
+      if (delivery.state === 'done' && !delivery.behind) {
         delivery.behind = true;
         this.#backlog += 1;
       }
     if (this.#backlog >= this.backlogLimit) this.#ackBacklog();
   }
 
-  /** The broker already settled this delivery (it was returned to its queue). */
-  settled(delivery: Delivery): void {
-    delivery.state = 2;
+  /** This delivery was returned to its queue (nacked with requeue): nothing to acknowledge. */
+  returned(delivery: Delivery): void {
+    delivery.state = 'released';
     this.#advance();
   }
 
@@ -77,12 +77,12 @@ export class Acks {
     const order = this.#order;
     let last: Delivery | undefined;
     const done: Delivery[] = [];
-    while (this.#head < order.length && (order[this.#head] as Delivery).state !== 0) {
+    while (this.#head < order.length && (order[this.#head] as Delivery).state !== 'in_hand') {
       const delivery = order[this.#head] as Delivery;
       this.#head += 1;
       if (delivery.behind) this.#backlog -= 1;
-      if (delivery.state === 1) {
-        delivery.state = 2;
+      if (delivery.state === 'done') {
+        delivery.state = 'released';
         last = delivery;
         done.push(delivery);
       }
@@ -99,14 +99,14 @@ export class Acks {
     const waiting: Delivery[] = [];
     for (let index = this.#head; index < this.#order.length; index += 1) {
       const delivery = this.#order[index] as Delivery;
-      if (delivery.state === 0) waiting.push(delivery);
-      else if (delivery.state === 1) {
-        delivery.state = 2;
+      if (delivery.state === 'in_hand') waiting.push(delivery);
+      else if (delivery.state === 'done') {
+        delivery.state = 'released';
         delivery.behind = false;
         if (this.#send(delivery.message, false)) done.push(delivery);
       }
     }
-    // Only the deliveries still in hand stay (settled ones need no more attention).
+    // Only the deliveries still in hand stay (released ones need no more attention).
     this.#order = waiting;
     this.#head = 0;
     this.#backlog = 0;

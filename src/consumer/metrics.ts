@@ -1,5 +1,6 @@
 /**
- * The consumer's metrics, on its own prom-client Registry (product.md §5). Label values are small
+ * The consumer's metrics, on its own prom-client Registry (docs/consumer.md#metrics-and-readiness,
+ * docs/operations.md). Label values are small
  * fixed sets (outcomes, actions): never a UUID, host or domain name.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';

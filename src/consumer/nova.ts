@@ -1,7 +1,8 @@
 /**
- * Nova's decisions, as pure functions (nova-lifecycle.md §3): the transition → expected power state
- * map of handle_lifecycle_event, the vm_state × power_state branches of _sync_instance_power_state
- * (§3c rows 4a–4k) and the checks compute_api.stop makes before it acts (§3d).
+ * Nova's decisions, as pure functions, after nova/compute/manager.py and nova/compute/api.py: the
+ * transition → expected power state map of handle_lifecycle_event, the vm_state × power_state
+ * branches of _sync_instance_power_state (numbered 4a–4k here, in Nova's order; docs/consumer.md
+ * has the table) and the checks compute_api.stop's decorators make before it acts.
  */
 import { PowerState } from '../libvirt/constants';
 import type { Transition } from '../libvirt/translate';
@@ -35,7 +36,7 @@ export type NovaAction =
   'none' | 'stop' | 'force_stop' | 'warn_paused' | 'warn_not_found' | 'warn_not_deleted';
 
 export interface SyncBranch {
-  /** The row of the §3c table. */
+  /** The row of the table (4a–4k, in the order _sync_instance_power_state tests them). */
   readonly branch: '4a' | '4b' | '4c' | '4d' | '4e' | '4f' | '4g' | '4h' | '4i' | '4j' | '4k' | 'other';
   readonly action: NovaAction;
   /** Nova's log line for it (empty when Nova logs nothing). */
@@ -105,9 +106,11 @@ export function syncBranch(vmState: string, vmPowerState: number): SyncBranch {
 }
 
 /**
- * compute_api.stop's decorators (§3d): instance.host set, vm_state active or error, no task, and
- * launched_at set. Returns why Nova would refuse (InstanceInvalidState / InstanceNotReady), or null.
- * force_stop has no such checks.
+ * compute_api.stop's decorators (nova/compute/api.py: check_instance_host, check_instance_state
+ * with vm_state=[ACTIVE, ERROR], task_state=(None,) and must_have_launched): instance.host set,
+ * vm_state active or error, no task, and launched_at set. Returns why Nova would refuse
+ * (InstanceInvalidState / InstanceNotReady), or null. force_stop has no decorators (it only saves
+ * with expected_task_state=[None], which the sync's own task check already ensured).
  */
 export function stopRefusal(row: InstanceRow): string | null {
   if (!row.host) return 'InstanceNotReady: instance.host is not set';

@@ -28,9 +28,12 @@ class CasExhausted extends Error {
   override readonly name = 'CasExhausted';
 }
 
-/** What one message does to its row, decided on the row as it stands. */
-export interface Decision {
-  readonly outcome: MessageOutcome;
+/**
+ * What one message (or one sweep entry) does to its row, decided on the row as it stands. `O` is
+ * what the outcome can be: a message's (counted in virtbus_consumer_messages_total), or a sweep's.
+ */
+export interface Decision<O extends string = MessageOutcome> {
+  readonly outcome: O;
   /** The row after this message, when the message changes it. */
   readonly next?: InstanceRow;
   /** After the commit: logs, metrics, notifications, the command; a promise while publishing. */
@@ -40,13 +43,13 @@ export interface Decision {
 }
 
 /** One decision to take on one row, within a store round. */
-export interface Task {
+export interface Task<O extends string = MessageOutcome> {
   readonly uuid: string;
-  decide(row: InstanceRow | undefined): Decision;
+  decide(row: InstanceRow | undefined): Decision<O>;
 }
 
-export type TaskResult =
-  | { readonly ok: true; readonly decision: Decision; readonly published: Promise<void> | undefined }
+export type TaskResult<O extends string = MessageOutcome> =
+  | { readonly ok: true; readonly decision: Decision<O>; readonly published: Promise<void> | undefined }
   | { readonly ok: false; readonly error: Error };
 
 /**
@@ -76,13 +79,13 @@ export function joinPublished(promises: ReadonlyArray<Promise<void> | undefined>
  * decisions that wrote nothing. Rows that lost their compare-and-swap go round again. A round that
  * fails on a database that answers is split, task by task, so only the culprit fails.
  */
-export async function runRounds(
+export async function runRounds<O extends string>(
   store: InstanceStore,
   metrics: Pick<ConsumerMetrics, 'casRetries'>,
-  tasks: readonly Task[],
+  tasks: readonly Task<O>[],
   run: StoreRunner,
-): Promise<TaskResult[]> {
-  const results: TaskResult[] = new Array<TaskResult>(tasks.length);
+): Promise<TaskResult<O>[]> {
+  const results: TaskResult<O>[] = new Array<TaskResult<O>>(tasks.length);
   let pending: number[] = tasks.map((_, index) => index);
   const deadline = Date.now() + CAS_BUDGET_MS;
   let attempt = 0;
@@ -95,12 +98,12 @@ export async function runRounds(
     }
     const byUuid = new Map<string, number[]>();
     for (const index of pending) {
-      const uuid = (tasks[index] as Task).uuid;
+      const uuid = (tasks[index] as Task<O>).uuid;
       const list = byUuid.get(uuid);
       if (list) list.push(index);
       else byUuid.set(uuid, [index]);
     }
-    const decisions = new Map<number, Decision>();
+    const decisions = new Map<number, Decision<O>>();
     let lost: ReadonlySet<string>;
     try {
       lost = await run(() =>
@@ -111,7 +114,7 @@ export async function runRounds(
             const original = rows.get(uuid);
             let current = original;
             for (const index of indexes) {
-              const decision = (tasks[index] as Task).decide(current);
+              const decision = (tasks[index] as Task<O>).decide(current);
               decisions.set(index, decision);
               if (decision.next) current = decision.next;
             }
@@ -132,18 +135,18 @@ export async function runRounds(
       }
       // Decide each task on its own, in order, so that one bad message fails alone.
       for (const index of pending) {
-        const [single] = await runRounds(store, metrics, [tasks[index] as Task], run);
-        results[index] = single as TaskResult;
+        const [single] = await runRounds(store, metrics, [tasks[index] as Task<O>], run);
+        results[index] = single as TaskResult<O>;
       }
       return results;
     }
     const retry: number[] = [];
     for (const index of pending) {
-      if (lost.has((tasks[index] as Task).uuid)) {
+      if (lost.has((tasks[index] as Task<O>).uuid)) {
         retry.push(index);
         continue;
       }
-      const decision = decisions.get(index) as Decision;
+      const decision = decisions.get(index) as Decision<O>;
       results[index] = decision.reject
         ? { ok: false, error: decision.reject }
         : { ok: true, decision, published: decision.effects?.() };
@@ -152,7 +155,7 @@ export async function runRounds(
     pending = retry;
   }
   for (const index of pending) {
-    const uuid = (tasks[index] as Task).uuid;
+    const uuid = (tasks[index] as Task<O>).uuid;
     results[index] = {
       ok: false,
       error: new CasExhausted(

@@ -10,7 +10,7 @@
  * delivery order — so the database sees one transaction per batch and a batch's decisions are
  * taken on the rows the previous batch committed. After the commit the batch's notifications and
  * stop commands go out at once; when the broker has confirmed them all, the batch is acknowledged
- * with one `multiple` ack up to the newest delivery tag below which everything is settled. While a
+ * with one `multiple` ack up to the newest delivery tag below which every message is done. While a
  * batch waits for its confirms the next one is already in the database.
  *
  * Failure handling:
@@ -22,34 +22,38 @@
  *   answers they are processed, acknowledged, and consumption resumes. Nothing is nacked, so a
  *   database outage never counts against a quorum queue's delivery limit.
  * - a message that fails on a database that does answer: dead-lettered with the error as reason.
+ *
+ * The parts: subscription.ts (the broker channels and the consumers, one state in
+ * subscription-state.ts), database.ts (the database's state and the outage wait), acknowledge.ts
+ * (how a batch ends: acknowledged or dead-lettered), acks.ts (the ack frames).
  */
-import type { ChannelModel, ConsumeMessage, Options } from 'amqplib';
+import type { ConsumeMessage, Options } from 'amqplib';
 import { EventEmitter } from 'node:events';
 import type { AmqpConnection } from '../amqp/connection';
-import { assertTopology } from '../amqp/topology';
 import type { ReadinessCheck } from '../metrics/server';
 import type { StopCommand } from '../messages/command';
-import { Notifier, prepareNotificationExchange, prepareNotificationQueue } from '../notify/notifier';
-import { StoreUnavailableError, type InstanceStore } from '../store/types';
-import { Backoff, cancellableDelay } from '../util/backoff';
+import { Notifier } from '../notify/notifier';
+import type { InstanceStore } from '../store/types';
 import { settlesWithin } from '../util/deadline';
 import type { Logger } from '../util/log';
 import { nowMicros } from '../util/time';
-import { Acks, type Channels, type Delivery } from './acks';
+import type { Channels, Delivery } from './acks';
+import { Acknowledger } from './acknowledge';
+import { Database } from './database';
 import {
   LifecycleHandler,
   ShutdownAbort,
   type ConsumerMode,
   type ItemResult,
-  type StoreRunner,
   type WorkItem,
 } from './handler';
 import type { ConsumerMetrics, MessageOutcome } from './metrics';
 import { readDelivery } from './intake';
-import { deadLetterMessage, publishCommand, publishConfirmed, watchReturns } from './publishing';
+import { publishCommand, publishConfirmed } from './publishing';
 import { pollQueueDepth } from './queue-depth';
 import type { SenderPolicy } from './senders';
-import { consumerTopology, type ConsumerTopologySettings } from './topology';
+import { Subscription } from './subscription';
+import type { ConsumerTopologySettings } from './topology';
 
 export { DEAD_LETTER_PREFIX_BYTES, REASON_HEADER } from './publishing';
 
@@ -112,15 +116,13 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
   #intakeScheduled = false;
   readonly #stage: StageEntry[] = [];
   #stageRunning = false;
-  readonly #runStore: StoreRunner = (call) => this.#withDb(call);
   readonly #abort = new AbortController();
-  #channels: Channels | undefined;
-  #generation = 0;
-  #dbUp = false;
-  #dbInit: Promise<void> | undefined;
-  #outage: Promise<void> | undefined;
-  #consuming = false;
-  #stopping: Promise<void> | undefined;
+  readonly #db: Database;
+  readonly #subscription: Subscription;
+  readonly #acknowledger: Acknowledger;
+  /** What stop() returns every time it is called (the shutdown runs once). */
+  #shutdown: Promise<void> | undefined;
+  #dbStart: Promise<void> | undefined;
   #timers: NodeJS.Timeout[] = [];
   #sweeping = false;
 
@@ -164,6 +166,47 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       metrics: this.#metrics,
       logger: this.#logger.child({ module: 'sync' }),
     });
+    this.#db = new Database({
+      store: this.#store,
+      retry: this.#settings.db,
+      metrics: this.#metrics,
+      logger: this.#logger,
+      signal: this.#abort.signal,
+      onUp: () => {
+        this.#updatePaused();
+        void this.#subscription.reconcile();
+      },
+      onOutage: () => {
+        this.#updatePaused();
+        void this.#subscription.reconcile();
+      },
+    });
+    this.#subscription = new Subscription({
+      settings: this.#settings,
+      amqp: this.#amqp,
+      metrics: this.#metrics,
+      logger: this.#logger,
+      signal: this.#abort.signal,
+      wanted: () => this.#db.up,
+      accept: (queue, channels, message) => this.#accept(queue, channels, message),
+      acked: (deliveries) => {
+        for (const delivery of deliveries) if (delivery.info) this.emit('processed', delivery.info);
+      },
+      changed: (from, to) => {
+        if ((from.name === 'consuming') === (to.name === 'consuming')) return;
+        this.#updatePaused();
+        this.emit('consuming', to.name === 'consuming');
+      },
+      attached: () => void this.#pollDepth(),
+    });
+    this.#acknowledger = new Acknowledger({
+      queues: this.#settings.consumer,
+      metrics: this.#metrics,
+      logger: this.#logger,
+      publish: (exchange, routingKey, content, options, channels) =>
+        this.#publish(exchange, routingKey, content, options, channels),
+      track: (work) => this.#track(work),
+    });
   }
 
   /** Starts the database and broker loops in the background; readiness reports progress. */
@@ -171,9 +214,9 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     this.#metrics.dbUp.set(0);
     this.#metrics.amqpUp.set(0);
     this.#metrics.paused.set(0);
-    this.#amqp.on('up', (model) => void this.#onUp(model));
-    this.#amqp.on('down', () => this.#onDown());
-    this.#dbInit = this.#initDb();
+    this.#amqp.on('up', (model) => void this.#subscription.up(model));
+    this.#amqp.on('down', () => this.#subscription.down());
+    this.#dbStart = this.#db.start();
     this.#amqp.start();
     const { queueDepthIntervalMs, stopTimeoutMs } = this.#settings.consumer;
     this.#timers.push(setInterval(() => void this.#pollDepth(), queueDepthIntervalMs));
@@ -183,14 +226,14 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
   }
 
   get ready(): boolean {
-    return this.#consuming && this.#dbUp && this.#amqp.isUp;
+    return this.#subscription.consuming && this.#db.up && this.#amqp.isUp;
   }
 
   readiness(): ReadinessCheck[] {
     return [
-      { name: 'amqp', ready: () => this.#amqp.isUp && this.#channels?.open === true },
-      { name: 'db', ready: () => this.#dbUp },
-      { name: 'consuming', ready: () => this.#consuming },
+      { name: 'amqp', ready: () => this.#amqp.isUp && this.#subscription.channels?.open === true },
+      { name: 'db', ready: () => this.#db.up },
+      { name: 'consuming', ready: () => this.#subscription.consuming },
     ];
   }
 
@@ -209,13 +252,13 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
    * The store belongs to the caller.
    */
   stop(): Promise<void> {
-    this.#stopping ??= this.#shutdown();
-    return this.#stopping;
+    this.#shutdown ??= this.#runShutdown();
+    return this.#shutdown;
   }
 
-  async #shutdown(): Promise<void> {
+  async #runShutdown(): Promise<void> {
     for (const timer of this.#timers) clearInterval(timer);
-    await this.#cancelConsumers();
+    await this.#subscription.stop();
     this.#takeIntake();
     const drained = Promise.allSettled([...this.#inFlight]);
     if (!(await settlesWithin(drained, this.#settings.consumer.shutdownTimeoutMs)))
@@ -224,248 +267,20 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         'shutdown timeout: unfinished messages will be redelivered',
       );
     this.#abort.abort();
-    await this.#dbInit;
+    await this.#dbStart;
     await this.#amqp.close();
-    this.#consuming = false;
     this.#metrics.amqpUp.set(0);
   }
 
-  // ---- database ----------------------------------------------------------------------------
-
-  async #initDb(): Promise<void> {
-    const backoff = new Backoff(this.#settings.db.retryInitialDelayMs, this.#settings.db.retryMaxDelayMs);
-    while (!this.#abort.signal.aborted) {
-      try {
-        await this.#store.migrate();
-        this.#setDbUp(true);
-        this.#logger.info({ store: this.#store.kind }, 'instance database ready');
-        void this.#resume();
-        return;
-      } catch (error) {
-        const delay = backoff.next();
-        this.#logger.error({ err: error, retryInMs: delay }, 'instance database unavailable at start-up');
-        await cancellableDelay(delay, this.#abort.signal);
-      }
-    }
-  }
-
-  #setDbUp(up: boolean): void {
-    this.#dbUp = up;
-    this.#metrics.dbUp.set(up ? 1 : 0);
-  }
-
-  /**
-   * Runs `task` until it succeeds. A StoreUnavailableError, or any error while the database does not
-   * answer a ping, waits for the database (pausing consumption); an error on a healthy database is
-   * the message's own and is thrown.
-   */
-  async #withDb<T>(task: () => Promise<T>): Promise<T> {
-    for (;;) {
-      if (this.#outage) await this.#outage;
-      if (this.#abort.signal.aborted) throw new ShutdownAbort('shutting down');
-      try {
-        return await task();
-      } catch (error) {
-        if (this.#abort.signal.aborted) throw new ShutdownAbort('shutting down');
-        if (!(error instanceof StoreUnavailableError)) {
-          const healthy = await this.#store.ping().then(
-            () => true,
-            () => false,
-          );
-          if (healthy) throw error;
-        }
-        this.#metrics.dbErrors.inc();
-        await this.#dbOutage(error);
-      }
-    }
-  }
-
-  #dbOutage(error: unknown): Promise<void> {
-    if (!this.#outage) {
-      this.#setDbUp(false);
-      this.#logger.error({ err: error }, 'instance database unavailable: pausing consumption');
-      void this.#pause();
-      this.#outage = this.#probe().finally(() => {
-        this.#outage = undefined;
-        void this.#resume();
-      });
-    }
-    return this.#outage;
-  }
-
-  async #probe(): Promise<void> {
-    const backoff = new Backoff(this.#settings.db.retryInitialDelayMs, this.#settings.db.retryMaxDelayMs);
-    for (;;) {
-      await cancellableDelay(backoff.next(), this.#abort.signal);
-      if (this.#abort.signal.aborted) throw new ShutdownAbort('shutting down');
-      try {
-        await this.#store.ping();
-        break;
-      } catch (error) {
-        this.#logger.debug({ err: error }, 'instance database still unavailable');
-      }
-    }
-    this.#setDbUp(true);
-    this.#logger.info('instance database back: resuming consumption');
-  }
-
-  // ---- broker ------------------------------------------------------------------------------
-
-  async #onUp(model: ChannelModel): Promise<void> {
-    if (this.#abort.signal.aborted) return;
-    const generation = ++this.#generation;
-    try {
-      const publish = await model.createConfirmChannel();
-      publish.on('error', (error: Error) => this.#logger.warn({ err: error }, 'publish channel error'));
-      watchReturns(publish, (message) => {
-        this.#metrics.commandsReturned.inc();
-        this.#logger.error(
-          { routingKey: message.fields.routingKey, command: message.properties.messageId as unknown },
-          "stop command returned by the broker: no queue for that host's bridge",
-        );
-      });
-      await assertTopology(publish, consumerTopology(this.#settings));
-      const { notifications } = this.#settings.consumer;
-      if (notifications.enabled) {
-        await prepareNotificationExchange(model, notifications.exchange, notifications.durable);
-        if (notifications.declareQueue)
-          await prepareNotificationQueue(
-            model,
-            notifications.exchange,
-            notifications.topic,
-            notifications.durable,
-          );
-      }
-      const consume = await model.createChannel();
-      consume.on('error', (error: Error) => this.#logger.warn({ err: error }, 'consume channel error'));
-      await consume.prefetch(this.#settings.consumer.prefetch);
-      const channels: Channels = {
-        generation,
-        consume,
-        publish,
-        depth: undefined,
-        acks: undefined,
-        tags: [],
-        subscribing: false,
-        resumeAgain: false,
-        open: true,
-      };
-      channels.acks = new Acks(
-        channels,
-        Math.max(16, Math.floor(this.#settings.consumer.prefetch / 4)),
-        (deliveries) => {
-          for (const delivery of deliveries) if (delivery.info) this.emit('processed', delivery.info);
-        },
-        (error) => this.#logger.debug({ err: error }, 'ack failed; the broker redelivers the messages'),
-      );
-      const closed = (): void => {
-        if (!channels.open) return;
-        channels.open = false;
-        if (this.#channels === channels) {
-          this.#setConsuming(false);
-          this.#logger.warn('broker channel closed; reconnecting');
-          this.#amqp.reset('consumer channel closed');
-        }
-      };
-      consume.on('close', closed);
-      publish.on('close', closed);
-      if (generation !== this.#generation || this.#abort.signal.aborted) {
-        await model.close().catch(() => undefined);
-        return;
-      }
-      this.#channels = channels;
-      this.#metrics.amqpUp.set(1);
-      this.#logger.info({ queue: this.#settings.consumer.queue }, 'consumer topology declared');
-      await this.#resume();
-      void this.#pollDepth();
-    } catch (error) {
-      this.#logger.error({ err: error }, 'cannot set up the consumer on the broker; reconnecting');
-      this.#amqp.reset('consumer setup failed');
-    }
-  }
-
-  #onDown(): void {
-    if (this.#channels) this.#channels.open = false;
-    this.#channels = undefined;
-    this.#metrics.amqpUp.set(0);
-    this.#setConsuming(false);
-  }
-
-  #setConsuming(active: boolean): void {
-    if (this.#consuming === active) return;
-    this.#consuming = active;
-    this.#metrics.paused.set(!active && !this.#dbUp ? 1 : 0);
-    this.emit('consuming', active);
-  }
-
-  /** Starts consuming when the broker is up, the database answers and we are not stopping. */
-  async #resume(): Promise<void> {
-    const channels = this.#channels;
-    if (!channels?.open || !this.#dbUp || this.#outage || this.#stopping) return;
-    if (channels.subscribing) {
-      // A database outage may begin and end while this subscription is being set up and then
-      // cancelled; the outage's own resume would be lost without this second look.
-      channels.resumeAgain = true;
-      return;
-    }
-    if (channels.tags.length > 0) return;
-    const { queue, resultQueue } = this.#settings.consumer;
-    channels.subscribing = true;
-    channels.resumeAgain = false;
-    try {
-      const lifecycle = await channels.consume.consume(queue, (message) => {
-        if (message) this.#accept('lifecycle', channels, message);
-        else this.#cancelledByBroker(queue);
-      });
-      const results = await channels.consume.consume(resultQueue, (message) => {
-        if (message) this.#accept('result', channels, message);
-        else this.#cancelledByBroker(resultQueue);
-      });
-      channels.tags = [lifecycle.consumerTag, results.consumerTag];
-      this.#setConsuming(true);
-      this.#logger.info({ queue, resultQueue, prefetch: this.#settings.consumer.prefetch }, 'consuming');
-      // The database may have gone away while we subscribed.
-      if (!this.#dbUp || this.#outage) await this.#pause();
-    } catch (error) {
-      this.#logger.error({ err: error }, 'cannot consume; reconnecting');
-      this.#amqp.reset('consume failed');
-    } finally {
-      channels.subscribing = false;
-    }
-    if (channels.resumeAgain && channels.tags.length === 0) void this.#resume();
-  }
-
-  /**
-   * The broker cancelled a consumer (its queue was deleted, or a quorum queue lost its members):
-   * reconnect, which re-declares the topology and subscribes again.
-   */
-  #cancelledByBroker(queue: string): void {
-    if (this.#stopping) return;
-    this.#logger.warn({ queue }, 'the broker cancelled the consumer; reconnecting');
-    this.#setConsuming(false);
-    this.#amqp.reset('consumer cancelled by the broker');
-  }
-
-  /** Cancels the consumers (messages in hand stay ours, unacknowledged). */
-  async #pause(): Promise<void> {
-    this.#setConsuming(false);
-    this.#metrics.paused.set(this.#dbUp ? 0 : 1);
-    await this.#cancelConsumers();
-  }
-
-  async #cancelConsumers(): Promise<void> {
-    const channels = this.#channels;
-    if (!channels) return;
-    const tags = channels.tags;
-    channels.tags = [];
-    this.#setConsuming(false);
-    for (const tag of tags) await channels.consume.cancel(tag).catch(() => undefined);
+  /** virtbus_consumer_paused: consumption is off because the database is down. */
+  #updatePaused(): void {
+    this.#metrics.paused.set(!this.#subscription.consuming && this.#db.state.name === 'outage' ? 1 : 0);
   }
 
   // ---- messages ----------------------------------------------------------------------------
 
   #accept(queue: 'lifecycle' | 'result', channels: Channels, message: ConsumeMessage): void {
-    const delivery: Delivery = { queue, channels, message, state: 0, behind: false, info: undefined };
+    const delivery: Delivery = { queue, channels, message, state: 'in_hand', behind: false, info: undefined };
     channels.acks?.add(delivery);
     this.#intake.push(delivery);
     if (!this.#intakeScheduled) {
@@ -492,7 +307,8 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         this.#settings.consumer,
         this.#metrics,
       );
-      if ('reason' in read) this.#track(this.#deadLetter(delivery, read.reason, read.truncated === true));
+      if ('reason' in read)
+        this.#track(this.#acknowledger.deadLetter(delivery, read.reason, read.truncated === true));
       else {
         items.push(read);
         valid.push(delivery);
@@ -527,7 +343,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         };
         let results: ItemResult[];
         try {
-          results = await this.handler.handleBatch(items, this.#runStore);
+          results = await this.handler.handleBatch(items, this.#db.run);
         } catch (error) {
           if (!(error instanceof ShutdownAbort))
             this.#logger.error({ err: error }, 'messages left unacknowledged after an unexpected failure');
@@ -535,97 +351,11 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
           done();
           continue;
         }
-        this.#settle(deliveries, results, done);
+        this.#acknowledger.acknowledgeBatch(deliveries, results, done);
       }
     } finally {
       this.#stageRunning = false;
     }
-  }
-
-  /**
-   * After a batch's commit: dead-letters the messages that failed on a healthy database, and
-   * acknowledges the rest once everything the batch published is confirmed (or has failed).
-   */
-  #settle(deliveries: readonly Delivery[], results: readonly ItemResult[], done: () => void): void {
-    const applied: Delivery[] = [];
-    const published: Array<Promise<void>> = [];
-    const outcomes = new Map<MessageOutcome, number>();
-    for (let index = 0; index < deliveries.length; index += 1) {
-      const delivery = deliveries[index] as Delivery;
-      const result = results[index] as ItemResult;
-      if (!result.ok) {
-        this.#track(this.#deadLetter(delivery, `processing failed: ${result.error.message}`));
-        continue;
-      }
-      const messageId = delivery.message.properties.messageId as unknown;
-      delivery.info = {
-        queue: delivery.queue,
-        messageId: typeof messageId === 'string' ? messageId : undefined,
-        outcome: result.outcome,
-      };
-      outcomes.set(result.outcome, (outcomes.get(result.outcome) ?? 0) + 1);
-      if (result.published) published.push(result.published);
-      applied.push(delivery);
-    }
-    const finish = (): void => {
-      for (const [outcome, count] of outcomes) this.#metrics.messages.inc({ outcome }, count);
-      this.#metrics.inFlight.dec(applied.length);
-      const byChannels = new Map<Channels, Delivery[]>();
-      for (const delivery of applied) {
-        const list = byChannels.get(delivery.channels);
-        if (list) list.push(delivery);
-        else byChannels.set(delivery.channels, [delivery]);
-      }
-      for (const [channels, list] of byChannels) channels.acks?.complete(list);
-      done();
-    };
-    if (published.length === 0) finish();
-    else void Promise.all(published).then(finish, finish);
-  }
-
-  /**
-   * Publishes the message unchanged to the dead-letter exchange with the reason in a header (on the
-   * confirm channel), then acknowledges the original. If the dead-letter publish fails, the original
-   * is returned to the queue instead (its delivery limit bounds the retries), so nothing is lost.
-   */
-  async #deadLetter(delivery: Delivery, reason: string, truncate = false): Promise<void> {
-    const { queue, channels, message } = delivery;
-    const { consumer } = this.#settings;
-    const properties = message.properties;
-    const { content, options } = deadLetterMessage(
-      message,
-      reason,
-      queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
-      truncate,
-    );
-    try {
-      await this.#publish(consumer.deadLetterExchange, message.fields.routingKey, content, options, channels);
-    } catch (error) {
-      this.#logger.error({ err: error, reason }, 'cannot dead-letter a message; returning it to its queue');
-      this.#metrics.inFlight.dec();
-      if (channels.open) {
-        try {
-          channels.consume.nack(message, false, true);
-        } catch {
-          // the channel closed meanwhile: the broker returns the message itself
-        }
-      }
-      channels.acks?.settled(delivery);
-      return;
-    }
-    this.#metrics.messages.inc({ outcome: 'dead_lettered' });
-    this.#logger.warn(
-      { reason, routingKey: message.fields.routingKey, messageId: properties.messageId as unknown },
-      'message dead-lettered',
-    );
-    this.#metrics.inFlight.dec();
-    delivery.info = {
-      queue,
-      messageId: typeof properties.messageId === 'string' ? properties.messageId : undefined,
-      outcome: 'dead_lettered',
-      reason,
-    };
-    channels.acks?.complete([delivery]);
   }
 
   #publish(
@@ -633,7 +363,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     routingKey: string,
     content: Buffer,
     options: Options.Publish,
-    channels: Channels | undefined = this.#channels,
+    channels: Channels | undefined = this.#subscription.channels,
   ): Promise<void> {
     return publishConfirmed(channels, exchange, routingKey, content, options);
   }
@@ -641,7 +371,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
   /** Sent as this consumer's broker user (bridges verify it), mandatory (a return is a failure). */
   #sendCommand(command: StopCommand, ttlMs: number): Promise<void> {
     return publishCommand(
-      this.#channels,
+      this.#subscription.channels,
       this.#settings.amqp.commandExchange,
       command,
       ttlMs,
@@ -653,14 +383,20 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
 
   #pollDepth(): Promise<void> {
     const { consumer } = this.#settings;
-    return pollQueueDepth(this.#channels, this.#amqp.model, consumer, this.#metrics, this.#logger);
+    return pollQueueDepth(
+      this.#subscription.channels,
+      this.#amqp.model,
+      consumer,
+      this.#metrics,
+      this.#logger,
+    );
   }
 
   async #sweep(): Promise<void> {
-    if (this.#sweeping || !this.#dbUp || this.#outage || this.#stopping) return;
+    if (this.#sweeping || !this.#db.up || this.#subscription.stopped) return;
     this.#sweeping = true;
     try {
-      await this.handler.expireCommands(this.#runStore);
+      await this.handler.expireCommands(this.#db.run);
     } catch (error) {
       this.#logger.warn({ err: error }, 'stop-command timeout sweep failed');
     } finally {

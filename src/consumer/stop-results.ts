@@ -128,15 +128,23 @@ export function resultTask(context: StopContext, result: CommandResultIn): Task 
 }
 
 /**
- * A stop command that passed its deadline without a result (the row listed it when the sweep
- * started): the task is cleared and the timeout recorded. `expired` counts the rows it cleared.
+ * What the stop-timeout sweep did with a command past its deadline: `timed_out` — cleared, the
+ * timeout recorded; `no_longer_pending` — the row left that command before the sweep reached it (its
+ * result came, an operator or a newer command moved it on), so there was nothing to clear.
  */
-export function expiryTask(context: StopContext, candidate: InstanceRow, expired: { count: number }): Task {
+export type ExpiryOutcome = 'timed_out' | 'no_longer_pending';
+
+/**
+ * A stop command that passed its deadline without a result (the row listed it when the sweep
+ * started): the task is cleared and the timeout recorded (Nova's reverts_task_state).
+ */
+export function expiryTask(context: StopContext, candidate: InstanceRow): Task<ExpiryOutcome> {
   const { logger, metrics, stopTimeoutMs } = context;
   return {
     uuid: candidate.uuid,
     decide: (row) => {
-      if (!row || row.pending_command_id !== candidate.pending_command_id) return { outcome: 'synced' };
+      if (!row || row.pending_command_id !== candidate.pending_command_id)
+        return { outcome: 'no_longer_pending' };
       const nowIso = isoMicros(context.now());
       const next: InstanceRow = {
         ...row,
@@ -151,10 +159,9 @@ export function expiryTask(context: StopContext, candidate: InstanceRow, expired
         updated_at: nowIso,
       };
       return {
-        outcome: 'synced',
+        outcome: 'timed_out',
         next,
         effects: () => {
-          expired.count += 1;
           metrics.syncActions.inc({ action: 'stop_timeout' });
           logger.warn(
             { uuid: row.uuid, command: row.pending_command_id, timeoutMs: stopTimeoutMs },

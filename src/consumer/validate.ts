@@ -187,8 +187,8 @@ export function validateLifecycle(
     let snapshot: LifecycleEventIn['snapshot'];
     if (record.snapshot !== undefined && record.snapshot !== null) {
       const snap = object(record.snapshot, 'field snapshot');
-      // The contract's snapshot is {id, reason, count}; taken_at is this bridge's addition, so a
-      // snapshot without it was taken when its messages say they occurred.
+      // A snapshot without taken_at (docs/message-format.md: {id, reason, count, taken_at}) counts
+      // as taken when its messages say they occurred.
       const takenUs =
         snap.taken_at === undefined || snap.taken_at === null
           ? occurredUs

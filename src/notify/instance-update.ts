@@ -1,6 +1,7 @@
 /**
  * Nova's versioned `instance.update` notification (InstanceUpdatePayload 2.1) in the oslo.messaging
- * v2 envelope, as nova-lifecycle.md §6 describes it: `oslo.message` is a JSON *string*; timestamp is
+ * v2 envelope (docs/consumer.md#notifications; nova/notifications/objects/instance.py and
+ * oslo.messaging's serialize_msg in _drivers/common.py): `oslo.message` is a JSON *string*; timestamp is
  * Python's str(utcnow()) ("2026-08-21 21:01:48.123456"); message_id a dashed UUID, _unique_id hex;
  * payload objects in the ovo primitive form; power_state as its string; datetimes "…T…Z" with
  * seconds. state_update follows notify_on_state_change = vm_and_task_state: old/new when vm_state

@@ -101,7 +101,13 @@ export interface Rig {
 }
 
 export function rig(
-  options: { mode?: ConsumerMode; followMigrations?: boolean; migrationWindowMs?: number } = {},
+  options: {
+    mode?: ConsumerMode;
+    followMigrations?: boolean;
+    migrationWindowMs?: number;
+    /** The broker refuses every stop command (a publish that fails). */
+    refuseCommands?: boolean;
+  } = {},
 ): Rig {
   const store = new MemoryStore();
   const commands: StopCommand[] = [];
@@ -160,6 +166,7 @@ export function rig(
     stopTimeoutMs: 60_000,
     notifier,
     sendCommand: (command) => {
+      if (options.refuseCommands) return Promise.reject(new Error('no route to the bridge (test)'));
       commands.push(command);
       return Promise.resolve();
     },
