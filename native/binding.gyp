@@ -7,10 +7,17 @@
       "target_name": "virtbus_native",
       "sources": [
         "src/addon.cc",
+        "src/conn_core.cc",
         "src/connection.cc",
+        "src/domain_events.cc",
+        "src/domain_jobs.cc",
         "src/event_loop.cc",
         "src/event_queue.cc",
         "src/libvirt_error.cc",
+        "src/libvirt_job.cc",
+        "src/open_connection.cc",
+        "src/promise_worker.cc",
+        "src/query_jobs.cc",
         "src/synthetic.cc"
       ],
       "dependencies": [

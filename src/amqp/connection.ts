@@ -128,7 +128,8 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
   /** The broker user of the current (or first) URL, computed once per connect (read per publish). */
   #user: string;
   #loop: Promise<void> | undefined;
-  #wakeReconnect: (() => void) | undefined;
+  /** Ends the wait on the current connection (as if it closed), so the loop sees the abort and exits. */
+  #stopWaitingForClose: (() => void) | undefined;
   #blocked = false;
 
   constructor(options: AmqpConnectionOptions) {
@@ -189,7 +190,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
 
   async close(): Promise<void> {
     this.#abort.abort();
-    this.#wakeReconnect?.();
+    this.#stopWaitingForClose?.();
     const model = this.#model;
     this.#model = undefined;
     if (model) await model.close().catch(() => undefined);
@@ -223,7 +224,7 @@ export class AmqpConnection extends EventEmitter<AmqpConnectionEvents> {
       }
       const closed = new Promise<Error | undefined>((resolve) => {
         model.on('close', (error?: Error) => resolve(error));
-        this.#wakeReconnect = () => resolve(undefined);
+        this.#stopWaitingForClose = () => resolve(undefined);
       });
       model.on('error', (error: Error) => logger.warn({ err: error }, 'broker connection error'));
       model.on('blocked', (reason: string) => {

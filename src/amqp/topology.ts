@@ -78,7 +78,7 @@ export function mergeTopologies(...parts: readonly Topology[]): Topology {
 
 /**
  * The lifecycle exchange with its alternate exchange: a message no binding matches lands in the
- * unroutable queue instead of vanishing (the contract: unroutable messages are not silently lost).
+ * unroutable queue instead of vanishing (docs/reliability.md: unroutable messages are kept, never silently lost).
  */
 export function lifecycleExchangeTopology(exchange: string, unroutable: string): Topology {
   return {

@@ -1,5 +1,5 @@
 /**
- * Nova's delayed STOPPED (Host._event_emit_delayed, nova-lifecycle.md §2d): a STOPPED event is held
+ * Nova's delayed STOPPED (Host._event_emit_delayed in nova/virt/libvirt/host.py): a STOPPED event is held
  * for `delayMs` per domain; any later event for that domain cancels it, so a reboot's STOPPED →
  * STARTED pair publishes no `stopped`; a second STOPPED restarts the window. Only STOPPED is ever
  * delayed (delaying STARTED lost events: Nova bug #1433049).
@@ -45,12 +45,16 @@ export class DelayedStops<T> {
     return this.#pending.keys();
   }
 
-  /** Cancels the pending STOPPED of this domain, if any. Call for every event, before hold(). */
+  /** Cancels the pending STOPPED of this domain, if any (hold() does, to restart the window). */
   cancel(uuid: string): boolean {
     return this.cancelWithFollowers(uuid) !== undefined;
   }
 
-  /** Cancels the pending STOPPED of this domain; returns its followers (to publish now), if any. */
+  /**
+   * Cancels the pending STOPPED of this domain; returns its followers (to publish now), if any.
+   * Called for the events Nova itself sees (only those reach its _event_emit_delayed); other events
+   * follow() a held STOPPED instead.
+   */
   cancelWithFollowers(uuid: string): readonly T[] | undefined {
     const pending = this.#pending.get(uuid);
     if (!pending) return undefined;

@@ -1,5 +1,5 @@
 /**
- * The bridge's Prometheus metrics (product contract §5), on a registry of its own. Native queue
+ * The bridge's Prometheus metrics (listed in docs/operations.md, Metrics), on a registry of its own. Native queue
  * gauges are read from the addon at scrape time. No UUIDs or domain names as label values.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';

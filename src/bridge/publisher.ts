@@ -6,7 +6,8 @@
  * seq), so nothing accepted is lost. Reopening after a nack (or a channel that closed on its own)
  * backs off exponentially, so a queue that keeps rejecting (x-overflow: reject-publish) or a
  * persistent broker error is not a hot loop of duplicates into the other bound queues. Topology is
- * declared (or, with declareTopology false, checked passively) on every (re)connect.
+ * declared (or, with declareTopology false, checked passively) on every (re)connect. The channel's
+ * life is one explicit state (src/bridge/publisher-state.ts).
  */
 import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
 import type { AmqpConnection } from '../amqp/connection';
@@ -16,6 +17,7 @@ import type { Logger } from '../util/log';
 import { APP_ID } from '../messages/lifecycle';
 import type { Outbox, OutboxRecord } from './outbox';
 import type { BridgeMetrics } from './metrics';
+import { PublisherLifecycle, type OpenChannel } from './publisher-state';
 
 export interface PublisherOptions {
   readonly connection: AmqpConnection;
@@ -36,47 +38,43 @@ const CONFIRM_STREAK_RESET = 100;
 
 export class Publisher {
   readonly #options: PublisherOptions;
-  #channel: ConfirmChannel | undefined;
-  /** Bumped for every channel: confirms of an older channel are ignored. */
-  #generation = 0;
-  /** Highest outbox id written to the current channel. */
-  #cursor = 0;
-  #inFlight = 0;
-  #waitingForDrain = false;
+  /** The channel's life: idle, opening, open (with what was written on it), reopenWait, closed. */
+  readonly #life = new PublisherLifecycle<ChannelModel, ConfirmChannel>();
   #pumping = false;
-  #closed = false;
   #idleWaiters: Array<() => void> = [];
   /** After a confirm, publish more only once this many slots are free (one read refills many). */
   readonly #refill: number;
   /** Confirms by transition not yet added to the counter: one labelled increment per burst of acks. */
   readonly #published = new Map<string, number>();
   #countScheduled = false;
-  /** Nacks since the last confirm streak: the reopen delay doubles with each. */
+  /** Nacks since the last confirm streak (across channels): the reopen delay doubles with each. */
   #nackStreak = 0;
   /** Nacks since start, for the log. */
   #nacks = 0;
-  /** Confirms in a row on the current channel. */
-  #confirmStreak = 0;
-  #reopenTimer: NodeJS.Timeout | undefined;
 
   constructor(options: PublisherOptions) {
     this.#options = options;
     this.#refill = Math.max(1, Math.min(64, Math.floor(options.maxInFlight / 4)));
     options.outbox.onAppend(() => this.#pump());
     options.connection.on('up', (model) => {
-      this.#cancelReopen();
-      void this.#openChannel(model);
+      // Closed: nothing to do. Open: the live channel stays (a connection reports 'down' before a new 'up').
+      const kind = this.#life.kind;
+      if (kind !== 'closed' && kind !== 'open') void this.#openChannel(model);
     });
-    options.connection.on('down', () => this.#dropChannel('connection lost'));
+    options.connection.on('down', () => {
+      if (this.#life.kind === 'closed') return;
+      const lost = this.#life.connectionDown();
+      if (lost) this.#reportLost(lost, 'connection lost');
+    });
     options.connection.on('unblocked', () => this.#pump());
   }
 
   get inFlight(): number {
-    return this.#inFlight;
+    return this.#life.open?.inFlight ?? 0;
   }
 
   get ready(): boolean {
-    return this.#channel !== undefined;
+    return this.#life.kind === 'open';
   }
 
   /** Resolves when the outbox is empty (everything confirmed) or after timeoutMs; true if empty. */
@@ -87,24 +85,26 @@ export class Publisher {
   }
 
   async close(): Promise<void> {
-    this.#closed = true;
-    this.#cancelReopen();
-    const channel = this.#channel;
-    this.#dropChannel('closing');
-    if (channel) await channel.close().catch(() => undefined);
+    if (this.#life.kind === 'closed') return;
+    const from = this.#life.close();
+    if (from.kind !== 'open') return;
+    this.#reportLost(from, 'closing');
+    await from.channel.close().catch(() => undefined);
   }
 
   async #openChannel(model: ChannelModel): Promise<void> {
-    const { logger, topology } = this.#options;
-    if (this.#closed) return;
+    const { logger, topology, connection } = this.#options;
+    const attempt = this.#life.opening(model);
     let channel: ConfirmChannel;
     try {
       channel = await model.createConfirmChannel();
       await prepareTopology(channel, topology, this.#options.declareTopology ?? true);
     } catch (error) {
+      const current = this.#life.isOpening(attempt);
+      if (current) this.#life.abandon(attempt);
       // A setup that started on a connection which dropped meanwhile fails too; resetting then would
       // close the newer, healthy connection (whose own 'up' opens the channel).
-      if (this.#options.connection.model !== model) {
+      if (!current || connection.model !== model) {
         logger.info({ err: error }, 'publishing channel setup failed on a connection that is gone; ignored');
         return;
       }
@@ -121,24 +121,26 @@ export class Publisher {
         { err: error },
         'cannot open the publishing channel or declare the topology; reconnecting',
       );
-      this.#options.connection.reset('topology declaration failed');
+      connection.reset('topology declaration failed');
       return;
     }
-    if (this.#closed || this.#channel || this.#options.connection.model !== model) {
-      // Closed, another open won, or the connection is gone: this channel is not needed.
+    if (!this.#life.isOpening(attempt) || connection.model !== model) {
+      // Closed, superseded by a newer connection's setup, or the connection is gone: not needed.
+      if (this.#life.isOpening(attempt)) this.#life.abandon(attempt);
       await channel.close().catch(() => undefined);
       return;
     }
-    const generation = ++this.#generation;
+    const open = this.#life.opened(attempt, channel);
     channel.on('error', (error: Error) => logger.warn({ err: error }, 'publishing channel error'));
     channel.on('close', () => {
-      if (this.#generation !== generation) return;
-      this.#dropChannel('channel closed');
+      if (!this.#life.isCurrent(open)) return;
+      this.#reportLost(this.#life.channelLost(), 'channel closed');
       // A channel-level error (e.g. an exchange deleted under us) leaves the connection up: reopen.
       this.#scheduleReopen(250);
     });
     channel.on('drain', () => {
-      this.#waitingForDrain = false;
+      if (!this.#life.isCurrent(open)) return;
+      open.waitingForDrain = false;
       this.#pump();
     });
     channel.on('return', (message: Message) => {
@@ -149,33 +151,28 @@ export class Publisher {
         'broker returned an unroutable message (no alternate exchange?)',
       );
     });
-    this.#channel = channel;
-    this.#cursor = 0; // republish everything unconfirmed, in order
-    this.#inFlight = 0;
-    this.#confirmStreak = 0;
-    this.#waitingForDrain = false;
+    // A new channel republishes everything unconfirmed, in order (its cursor starts at 0).
     logger.info({ unconfirmed: this.#options.outbox.depth }, 'publishing channel open');
     this.#pump();
   }
 
-  #cancelReopen(): void {
-    clearTimeout(this.#reopenTimer);
-    this.#reopenTimer = undefined;
-  }
-
   /**
-   * Reopens the channel on the current connection after max(minDelayMs, the nack backoff). A new
-   * connection ('up') opens its channel itself and cancels this.
+   * From idle: reopens the channel on the current connection after max(minDelayMs, the nack
+   * backoff). A new connection ('up') opens its channel itself and cancels this. Returns the delay,
+   * or undefined when there is nothing to reopen (closed, or a reopen or a setup already pending).
    */
   #scheduleReopen(minDelayMs: number): number | undefined {
-    if (this.#closed || this.#reopenTimer) return undefined;
+    if (this.#life.kind !== 'idle') return undefined;
     const delay = Math.max(minDelayMs, this.#nackDelay());
-    this.#reopenTimer = setTimeout(() => {
-      this.#reopenTimer = undefined;
+    const timer = setTimeout(() => {
+      const state = this.#life.state;
+      if (state.kind !== 'reopenWait' || state.timer !== timer) return;
+      this.#life.reopenDue();
       const model = this.#options.connection.model;
-      if (!this.#closed && !this.#channel && model) void this.#openChannel(model);
+      if (model) void this.#openChannel(model);
     }, delay);
-    this.#reopenTimer.unref();
+    timer.unref();
+    this.#life.waitToReopen(timer);
     return delay;
   }
 
@@ -187,36 +184,34 @@ export class Publisher {
     return Math.min(max, initial * 2 ** Math.min(this.#nackStreak - 1, 30));
   }
 
-  #dropChannel(reason: string): void {
-    if (!this.#channel) return;
-    this.#channel = undefined;
-    this.#generation += 1;
-    if (this.#inFlight > 0) {
-      this.#options.metrics.publishFailures.inc({ reason: 'channel_closed' }, this.#inFlight);
-      this.#options.logger.warn(
-        { inFlight: this.#inFlight, reason },
-        'channel gone with publishes unconfirmed; they will be republished',
-      );
-    }
-    this.#inFlight = 0;
+  /** A channel left the open state: what it had in flight is republished on the next one. */
+  #reportLost(lost: OpenChannel<ConfirmChannel>, reason: string): void {
+    if (lost.inFlight === 0) return;
+    this.#options.metrics.publishFailures.inc({ reason: 'channel_closed' }, lost.inFlight);
+    this.#options.logger.warn(
+      { inFlight: lost.inFlight, reason },
+      'channel gone with publishes unconfirmed; they will be republished',
+    );
   }
 
   #pump(): void {
     if (this.#pumping) return;
+    const open = this.#life.open;
+    if (!open) return;
     this.#pumping = true;
     try {
       const { outbox, maxInFlight, connection } = this.#options;
       while (
-        this.#channel &&
-        !this.#waitingForDrain &&
+        this.#life.isCurrent(open) &&
+        !open.waitingForDrain &&
         !connection.isBlocked &&
-        this.#inFlight < maxInFlight
+        open.inFlight < maxInFlight
       ) {
-        const records = outbox.readAfter(this.#cursor, Math.min(512, maxInFlight - this.#inFlight));
+        const records = outbox.readAfter(open.cursor, Math.min(512, maxInFlight - open.inFlight));
         if (records.length === 0) break;
         for (const record of records) {
-          if (!this.#publish(this.#channel, record)) {
-            this.#waitingForDrain = true;
+          if (!this.#publish(open, record)) {
+            open.waitingForDrain = true;
             break;
           }
         }
@@ -226,11 +221,10 @@ export class Publisher {
     }
   }
 
-  #publish(channel: ConfirmChannel, record: OutboxRecord): boolean {
-    const generation = this.#generation;
-    this.#cursor = record.id;
-    this.#inFlight += 1;
-    return channel.publish(
+  #publish(open: OpenChannel<ConfirmChannel>, record: OutboxRecord): boolean {
+    open.cursor = record.id;
+    open.inFlight += 1;
+    return open.channel.publish(
       record.exchange,
       record.routingKey,
       record.body,
@@ -246,13 +240,13 @@ export class Publisher {
         appId: APP_ID,
         type: record.type,
       },
-      (error: unknown) => this.#onConfirm(record, generation, error),
+      (error: unknown) => this.#onConfirm(open, record, error),
     );
   }
 
-  #onConfirm(record: OutboxRecord, generation: number, error: unknown): void {
-    if (generation !== this.#generation) return; // from a channel that is gone; republished already
-    this.#inFlight -= 1;
+  #onConfirm(open: OpenChannel<ConfirmChannel>, record: OutboxRecord, error: unknown): void {
+    if (!this.#life.isCurrent(open)) return; // from a channel that is gone; republished already
+    open.inFlight -= 1;
     const { metrics, outbox, logger } = this.#options;
     if (error) {
       metrics.publishFailures.inc({ reason: 'nack' });
@@ -260,9 +254,8 @@ export class Publisher {
       this.#nackStreak += 1;
       // Restart from the first unconfirmed record so order is kept; close the channel to get a fresh
       // one, after a delay that grows with every nack in a row (the record stays in the outbox).
-      const channel = this.#channel;
-      this.#dropChannel('nack');
-      channel?.close().catch(() => undefined);
+      this.#reportLost(this.#life.channelLost(), 'nack');
+      open.channel.close().catch(() => undefined);
       const retryInMs = this.#scheduleReopen(0);
       logger.warn(
         {
@@ -278,8 +271,8 @@ export class Publisher {
     }
     outbox.confirm(record.id);
     // A streak of confirms (or an outbox caught up) ends the nack backoff.
-    this.#confirmStreak += 1;
-    if (this.#confirmStreak >= CONFIRM_STREAK_RESET || outbox.depth === 0) this.#nackStreak = 0;
+    open.confirmStreak += 1;
+    if (open.confirmStreak >= CONFIRM_STREAK_RESET || outbox.depth === 0) this.#nackStreak = 0;
     this.#countPublished(record.transition);
     metrics.eventToConfirm.observe(Math.max(0, Date.now() / 1000 - record.occurredMicros / 1e6));
     if (outbox.depth === 0 && this.#idleWaiters.length > 0) {
@@ -288,7 +281,7 @@ export class Publisher {
       for (const wake of waiters) wake();
     }
     // The broker acks in bursts; refilling per ack would read the outbox once per message.
-    if (this.#inFlight <= this.#options.maxInFlight - this.#refill) this.#pump();
+    if (open.inFlight <= this.#options.maxInFlight - this.#refill) this.#pump();
   }
 
   #countPublished(transition: string): void {

@@ -1,6 +1,6 @@
 /**
  * libvirt (event id, type, detail) → virtbus transition, as Nova's Host._event_lifecycle_callback maps
- * them (nova-lifecycle.md §2b), plus the lifecycle events Nova drops, which virtbus still publishes.
+ * them (nova/virt/libvirt/host.py), plus the lifecycle events Nova drops, which virtbus still publishes.
  * Pure: the one libvirt query Nova makes here (job stats for SUSPENDED_MIGRATED) is asked for through
  * the `needs-job-check` result and made by the bridge's state sampler (migratedTransition), which
  * decides with the functions below.
@@ -106,7 +106,8 @@ export function translate(eventId: number, type: number, detail: number): Transl
 export type JobQueryError = 'no-domain' | 'operation-invalid' | 'no-ram-info' | 'other';
 
 /**
- * Nova's get_job_info for SUSPENDED_MIGRATED (nova-lifecycle.md §2b), step 1: the job type, with
+ * Nova's get_job_info for SUSPENDED_MIGRATED (Guest.get_job_info in nova/virt/libvirt/guest.py, as
+ * Host._event_lifecycle_callback calls it), step 1: the job type, with
  * libvirt's failures mapped: a transient guest that finished migrating has vanished (NO_DOMAIN or
  * OPERATION_INVALID → COMPLETED); "migration was active, but no RAM info was set" → NONE. Any other
  * failure is re-raised by get_job_info, so Nova's callback queues **nothing** for the event: null

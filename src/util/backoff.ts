@@ -1,7 +1,9 @@
 /**
- * Exponential backoff with full jitter for reconnect loops: the n-th delay is uniform in
- * [delay/2, delay] where delay = min(max, initial * 2^n). Jitter keeps a fleet of bridges from
- * reconnecting to a restarted broker or libvirtd in lock-step.
+ * Exponential backoff with equal jitter for reconnect loops: the n-th delay is uniform in
+ * [delay/2, delay] where delay = min(max, initial * 2^n) — half of it fixed, half random. Jitter
+ * keeps a fleet of bridges from reconnecting to a restarted broker or libvirtd in lock-step; the
+ * fixed half (unlike full jitter, uniform in [0, delay]) keeps every retry at least delay/2 away,
+ * so a peer that keeps failing is never retried almost at once.
  */
 export class Backoff {
   #attempt = 0;

@@ -73,8 +73,9 @@ export async function stopDomain(command: StopCommand, options: StopDomainOption
   try {
     const before = await read();
     if (before === null) return { outcome: 'not_found', method: 'none', power_state: null, error: null };
-    // Nova's 4b/4c re-check (_stop_unexpected_shutdown_instance): act only if the guest is still in
-    // the state the consumer decided on; a guest restarted meanwhile is left alone.
+    // Nova's re-check (_stop_unexpected_shutdown_instance in nova/compute/manager.py; rows 4b/4c of
+    // the decision table in docs/consumer.md): act only if the guest is still in the state the
+    // consumer decided on; a guest restarted meanwhile is left alone.
     const guard = command.only_if_power_states;
     if (guard && !guard.includes(power(before))) return done('skipped', 'none', before);
     if (before === DomainStateCode.SHUTOFF) return done('already_stopped', 'none', before);

@@ -8,11 +8,12 @@
  * null) is retried on a new channel with a growing delay, without dropping the connection the
  * lifecycle publisher shares. Results are published mandatory: one the broker returns (no queue
  * bound for it) counts as not delivered. Settling (ack/nack) never throws: on a dead channel the
- * broker redelivers by itself.
+ * broker redelivers by itself. Both channels' life is one explicit state (./channel-state.ts).
  */
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
 import type { AmqpConnection } from '../../amqp/connection';
 import type { Logger } from '../../util/log';
+import { SubscriptionLifecycle } from './channel-state';
 
 export interface CommandSubscriptionOptions {
   readonly amqp: AmqpConnection;
@@ -35,33 +36,29 @@ export type Settlement = 'ack' | 'requeue' | 'drop';
 
 export class CommandSubscription {
   readonly #options: CommandSubscriptionOptions;
-  #consumer: { channel: Channel; tag: string } | undefined;
-  #results: ConfirmChannel | undefined;
-  /** Message ids the broker returned on the current result channel (mandatory, unroutable). */
-  #returned = new Set<string>();
-  #closing = false;
+  /** Both channels' life: consumer idle/opening/consuming/waiting/stopped, results none/opening/open/waiting. */
+  readonly #life = new SubscriptionLifecycle<ChannelModel, Channel, ConfirmChannel>();
+  /** The next re-subscribe delay after a refusal or a cancel (reset once consuming). */
   #retryMs = RETRY_MIN_MS;
-  #retryTimer: NodeJS.Timeout | undefined;
 
   constructor(options: CommandSubscriptionOptions) {
     this.#options = options;
     options.amqp.on('up', (model) => {
+      if (this.#life.stopped) return;
+      // A connection reports 'down' before a new 'up'; without one, what is open belonged to the old connection.
+      const { consumer, results } = this.#life.state;
+      if (consumer.kind === 'consuming' || results.kind === 'open') this.#life.connectionDown();
       void this.#openResults(model);
       void this.#openConsumer(model);
     });
-    options.amqp.on('down', () => {
-      this.#consumer = undefined;
-      this.#results = undefined;
-    });
+    options.amqp.on('down', () => this.#life.connectionDown());
   }
 
   /** Stops taking deliveries (cancels the consumer); results can still be published. */
   async stop(): Promise<void> {
-    this.#closing = true;
-    clearTimeout(this.#retryTimer);
-    const consumer = this.#consumer;
-    this.#consumer = undefined;
-    if (consumer) await consumer.channel.cancel(consumer.tag).catch(() => undefined);
+    if (this.#life.stopped) return;
+    const from = this.#life.stop();
+    if (from.kind === 'consuming') await from.channel.cancel(from.tag).catch(() => undefined);
   }
 
   /**
@@ -86,9 +83,9 @@ export class CommandSubscription {
    * ack) or the channel closed first. options.messageId must be set (it identifies the return).
    */
   publish(exchange: string, routingKey: string, content: Buffer, options: Options.Publish): Promise<void> {
-    const channel = this.#results;
-    if (!channel) return Promise.reject(new Error('broker not connected'));
-    const returned = this.#returned;
+    const open = this.#life.resultsOpen;
+    if (!open) return Promise.reject(new Error('broker not connected'));
+    const { channel, returned } = open;
     const id = String(options.messageId);
     return new Promise((resolve, reject) => {
       try {
@@ -103,14 +100,15 @@ export class CommandSubscription {
     });
   }
 
-  /** The connection this setup started on is still the live one (a stale failure must not reset a newer one). */
-  #isCurrent(model: ChannelModel): boolean {
-    return !this.#closing && this.#options.amqp.model === model;
+  /** Not stopped, and `model` is still the live connection (a stale failure must not reset a newer one). */
+  #isLive(model: ChannelModel): boolean {
+    return !this.#life.stopped && this.#options.amqp.model === model;
   }
 
-  #setupFailed(model: ChannelModel, what: string, error: unknown): void {
+  /** A channel could not be created: reset the connection if it is the live one (and the setup current). */
+  #setupFailed(model: ChannelModel, current: boolean, what: string, error: unknown): void {
     const { logger, amqp } = this.#options;
-    if (!this.#isCurrent(model)) {
+    if (!current || !this.#isLive(model)) {
       logger.info({ err: error }, `${what} failed on a connection that is gone; ignored`);
       return;
     }
@@ -118,26 +116,16 @@ export class CommandSubscription {
     amqp.reset(`${what} failed`);
   }
 
-  /** Reopens a channel that closed while its connection stayed up (after a short delay). */
-  #reopenLater(
-    model: ChannelModel,
-    open: (model: ChannelModel) => Promise<void>,
-    isOpen: () => boolean,
-  ): void {
-    if (!this.#isCurrent(model)) return;
-    setTimeout(() => {
-      if (!isOpen() && this.#isCurrent(model)) void open(model);
-    }, REOPEN_DELAY_MS).unref();
-  }
-
   async #openResults(model: ChannelModel): Promise<void> {
     const { logger } = this.#options;
-    if (this.#closing) return;
+    const attempt = this.#life.resultsOpening(model);
     let results: ConfirmChannel;
     try {
       results = await model.createConfirmChannel();
     } catch (error) {
-      this.#setupFailed(model, 'command result channel', error);
+      const current = this.#life.isResults(attempt);
+      if (current) this.#life.resultsAbandon(attempt);
+      this.#setupFailed(model, current, 'command result channel', error);
       return;
     }
     // Without an 'error' listener amqplib throws the channel error inside the connection (tearing it down).
@@ -145,53 +133,72 @@ export class CommandSubscription {
     const returned = new Set<string>();
     results.on('return', (message: Message) => returned.add(String(message.properties.messageId)));
     results.on('close', () => {
-      if (this.#results !== results) return;
-      this.#results = undefined;
-      this.#reopenLater(
-        model,
-        (m) => this.#openResults(m),
-        () => this.#results !== undefined,
-      );
+      const state = this.#life.results;
+      if (state.kind !== 'open' || state.channel !== results) return;
+      this.#life.resultsLost(state);
+      this.#reopenResultsLater(model);
     });
-    if (!this.#isCurrent(model)) {
+    if (!this.#life.isResults(attempt) || !this.#isLive(model)) {
+      if (this.#life.isResults(attempt)) this.#life.resultsAbandon(attempt);
       await results.close().catch(() => undefined);
       return;
     }
-    this.#results = results;
-    this.#returned = returned;
+    this.#life.resultsOpened(attempt, results, returned);
+  }
+
+  /** Reopens a result channel that closed while its connection stayed up (after a short delay). */
+  #reopenResultsLater(model: ChannelModel): void {
+    if (!this.#isLive(model) || this.#life.results.kind !== 'none') return;
+    const timer = setTimeout(() => {
+      const state = this.#life.results;
+      if (state.kind !== 'waiting' || state.timer !== timer) return;
+      this.#life.resultsReopenDue();
+      if (this.#isLive(model)) void this.#openResults(model);
+    }, REOPEN_DELAY_MS);
+    timer.unref();
+    this.#life.resultsWait(model, timer);
   }
 
   /** Opens the consumer channel again later, each time later (a missing queue is not a hot loop). */
   #retryConsumer(model: ChannelModel): void {
-    if (!this.#isCurrent(model)) return;
+    if (!this.#isLive(model)) return;
     const delay = this.#retryMs;
     this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
-    clearTimeout(this.#retryTimer);
-    this.#retryTimer = setTimeout(() => {
-      if (this.#consumer === undefined && this.#isCurrent(model)) void this.#openConsumer(model);
-    }, delay);
-    this.#retryTimer.unref();
+    this.#consumerLater(model, delay);
+  }
+
+  /** With no consumer on the live connection: open one on `model` after delayMs. */
+  #consumerLater(model: ChannelModel, delayMs: number): void {
+    if (!this.#isLive(model) || this.#life.consumer.kind !== 'idle') return;
+    const timer = setTimeout(() => {
+      const state = this.#life.consumer;
+      if (state.kind !== 'waiting' || state.timer !== timer) return;
+      this.#life.consumerRetryDue();
+      if (this.#isLive(model)) void this.#openConsumer(model);
+    }, delayMs);
+    timer.unref();
+    this.#life.consumerWait(model, timer);
   }
 
   async #openConsumer(model: ChannelModel): Promise<void> {
     const { queue, logger } = this.#options;
-    if (this.#closing) return;
+    const attempt = this.#life.consumerOpening(model);
     let channel: Channel;
     try {
       channel = await model.createChannel();
     } catch (error) {
-      this.#setupFailed(model, 'command queue', error);
+      const current = this.#life.isConsumer(attempt);
+      if (current) this.#life.consumerAbandon(attempt);
+      this.#setupFailed(model, current, 'command queue', error);
       return;
     }
     channel.on('error', (error: Error) => logger.warn({ err: error }, 'command channel error'));
     channel.on('close', () => {
-      if (this.#consumer?.channel !== channel) return;
-      this.#consumer = undefined;
-      this.#reopenLater(
-        model,
-        (m) => this.#openConsumer(m),
-        () => this.#consumer !== undefined,
-      );
+      const state = this.#life.consumer;
+      if (state.kind !== 'consuming' || state.channel !== channel) return;
+      // Closed on its own (a channel-level error) while the connection stays up: reopen shortly.
+      this.#life.consumerLost(state);
+      this.#consumerLater(model, REOPEN_DELAY_MS);
     });
     try {
       await this.#options.prepare(channel);
@@ -200,19 +207,20 @@ export class CommandSubscription {
         if (message) this.#options.onMessage(channel, message);
         else this.#cancelled(model, channel);
       });
-      this.#consumer = { channel, tag: consumerTag };
-      if (!this.#isCurrent(model)) {
-        this.#consumer = undefined;
+      if (!this.#life.isConsumer(attempt) || !this.#isLive(model)) {
+        if (this.#life.isConsumer(attempt)) this.#life.consumerAbandon(attempt);
         await channel.close().catch(() => undefined);
         return;
       }
+      this.#life.consumerStarted(attempt, channel, consumerTag);
       this.#retryMs = RETRY_MIN_MS;
       logger.info({ queue }, 'taking stop commands');
     } catch (error) {
       // The channel is closed by the broker's refusal (404 no queue, 403 no permission): the
       // connection is fine, so only this channel is retried; the reason is in the log.
-      this.#consumer = undefined;
-      if (!this.#isCurrent(model)) return;
+      const current = this.#life.isConsumer(attempt);
+      if (current) this.#life.consumerAbandon(attempt);
+      if (!current || !this.#isLive(model)) return;
       logger.error(
         { err: error, queue, retryInMs: this.#retryMs },
         'cannot consume the command queue; no stop command is taken until it can',
@@ -224,8 +232,9 @@ export class CommandSubscription {
 
   /** The broker cancelled the consumer (queue deleted, failover): subscribe again on a new channel. */
   #cancelled(model: ChannelModel, channel: Channel): void {
-    if (this.#consumer?.channel !== channel) return;
-    this.#consumer = undefined;
+    const state = this.#life.consumer;
+    if (state.kind !== 'consuming' || state.channel !== channel) return;
+    this.#life.consumerLost(state);
     this.#options.logger.warn(
       { queue: this.#options.queue, retryInMs: this.#retryMs },
       'the broker cancelled the command consumer; subscribing again',
