@@ -29,6 +29,7 @@ import type { ConsumerMetrics, MessageOutcome, SyncAction } from './metrics';
 import { MigrationFollower } from './follow';
 import { expectedPowerState, stopPrecondition, stopRefusal, syncBranch } from './nova';
 import { isNotNewer } from './position';
+import type { MaintenanceCheck } from './maintenance';
 import {
   ShutdownAbort,
   asError,
@@ -64,6 +65,8 @@ export interface HandlerOptions {
   readonly followMigrations?: boolean;
   /** consumer.migrationWindowMs (default 600000): how long one host's word waits for the other's. */
   readonly migrationWindowMs?: number;
+  /** hosts: a host in maintenance gets no stop or force_stop (maintenance.ts); absent: none is. */
+  readonly maintenance?: MaintenanceCheck;
 }
 
 const DEFAULT_MIGRATION_WINDOW_MS = 600_000;
@@ -365,6 +368,7 @@ export class LifecycleHandler {
     let command: StopCommand | undefined;
     let refusal: string | null = null;
     let withheld = false;
+    let maintenance: { readonly reason: string } | undefined; // hosts: set when maintenance withheld it
     if (branch.action === 'stop' || branch.action === 'force_stop') {
       const action: CommandAction = branch.action;
       refusal = action === 'stop' ? stopRefusal(afterPower) : null;
@@ -376,6 +380,11 @@ export class LifecycleHandler {
         withheld = true;
         next = { ...afterPower, last_action: `withheld_${action}`, last_action_at: nowIso };
         actions.push('migration_stop_withheld');
+      } else if ((maintenance = this.#options.maintenance?.(row.host, now))) {
+        // hosts: the host is in maintenance — the power state is recorded, the stop withheld.
+        withheld = true;
+        next = { ...afterPower, last_action: `maintenance_${action}`, last_action_at: nowIso };
+        actions.push('maintenance_stop_withheld');
       } else if (mode === 'nova') {
         const ttlMs = Math.max(1, Math.floor(stopTimeoutMs / 2));
         const precondition = stopPrecondition(branch.branch);
@@ -426,6 +435,11 @@ export class LifecycleHandler {
         const context = logContext();
         if (refusal)
           logger.warn({ ...context, reason: refusal }, `${branch.message} The stop API refused: ${refusal}`);
+        else if (withheld && maintenance)
+          logger.warn(
+            { ...context, maintenance: maintenance.reason },
+            `${branch.message} Withheld: host ${row.host} is in maintenance.`,
+          );
         else if (withheld)
           logger.warn(
             { ...context, migration: row.migration },

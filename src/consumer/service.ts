@@ -50,6 +50,7 @@ import { deadLetterMessage, publishCommand, publishConfirmed, watchReturns } fro
 import { pollQueueDepth } from './queue-depth';
 import type { SenderPolicy } from './senders';
 import { consumerTopology, type ConsumerTopologySettings } from './topology';
+import { HostsKeeper } from './hosts';
 
 export { DEAD_LETTER_PREFIX_BYTES, REASON_HEADER } from './publishing';
 
@@ -66,6 +67,8 @@ export interface ConsumerSettings extends ConsumerTopologySettings {
     readonly followMigrations: boolean;
     readonly migrationWindowMs: number;
     readonly queueDepthIntervalMs: number;
+    /** The hosts view's flush and re-read period (hosts.ts). */
+    readonly hostsIntervalMs: number;
     readonly maxFutureSkewMs: number;
     readonly shutdownTimeoutMs: number;
     readonly notifications: {
@@ -102,6 +105,8 @@ interface StageEntry {
 
 export class ConsumerService extends EventEmitter<ServiceEvents> {
   readonly handler: LifecycleHandler;
+  /** hosts: the hosts view and maintenance switches (hosts.ts). */
+  readonly hosts: HostsKeeper;
   readonly #settings: ConsumerSettings;
   readonly #store: InstanceStore;
   readonly #metrics: ConsumerMetrics;
@@ -137,6 +142,12 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     this.#metrics = options.metrics;
     this.#logger = options.logger;
     this.#amqp = options.amqp;
+    this.hosts = new HostsKeeper({
+      store: this.#store.hosts,
+      metrics: this.#metrics.hosts,
+      logger: this.#logger.child({ module: 'hosts' }),
+      intervalMs: this.#settings.consumer.hostsIntervalMs,
+    });
     const { notifications } = this.#settings.consumer;
     const notifier = new Notifier({
       enabled: notifications.enabled,
@@ -159,6 +170,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       stopTimeoutMs: this.#settings.consumer.stopTimeoutMs,
       followMigrations: this.#settings.consumer.followMigrations,
       migrationWindowMs: this.#settings.consumer.migrationWindowMs,
+      maintenance: this.hosts.maintenance.check, // hosts
       notifier,
       sendCommand: (command, ttlMs) => this.#sendCommand(command, ttlMs),
       metrics: this.#metrics,
@@ -180,6 +192,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     const sweepMs = Math.min(5000, Math.max(100, Math.floor(stopTimeoutMs / 4)));
     this.#timers.push(setInterval(() => void this.#sweep(), sweepMs));
     for (const timer of this.#timers) timer.unref();
+    this.hosts.start(); // hosts
   }
 
   get ready(): boolean {
@@ -223,6 +236,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         { inFlight: this.#inFlight.size },
         'shutdown timeout: unfinished messages will be redelivered',
       );
+    await this.hosts.stop(); // hosts: the last observations reach the table
     this.#abort.abort();
     await this.#dbInit;
     await this.#amqp.close();
@@ -237,6 +251,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     while (!this.#abort.signal.aborted) {
       try {
         await this.#store.migrate();
+        await this.hosts.load(); // hosts: maintenance switches known before the first message
         this.#setDbUp(true);
         this.#logger.info({ store: this.#store.kind }, 'instance database ready');
         void this.#resume();
@@ -528,6 +543,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         let results: ItemResult[];
         try {
           results = await this.handler.handleBatch(items, this.#runStore);
+          this.hosts.observe(items, results); // hosts
         } catch (error) {
           if (!(error instanceof ShutdownAbort))
             this.#logger.error({ err: error }, 'messages left unacknowledged after an unexpected failure');
