@@ -3,7 +3,7 @@
  * its snapshots are overdue — more than two periodic intervals since the last complete one, the
  * bound of the VirtbusHostSilent alert — and whether that matters (its rows say guests run).
  */
-import { POWER_STATE_NAMES, type PowerStateCode } from '../libvirt/constants';
+import { POWER_STATE_NAMES } from '../libvirt/constants';
 import { isPowerStateCode } from '../store/types';
 import type { HostRecord, PowerCount } from '../store/hosts-types';
 import { maintenanceActive } from './maintenance';
@@ -36,7 +36,7 @@ export interface HostView {
 
 /** A power_state code's notification name (running, shutdown, pending, …) for a label or a column. */
 export function powerLabel(code: number): string {
-  return isPowerStateCode(code) ? POWER_STATE_NAMES[code as PowerStateCode] : `code_${code}`;
+  return isPowerStateCode(code) ? POWER_STATE_NAMES[code] : `code_${code}`;
 }
 
 /** The overdue bound: two periodic intervals (seconds), or null when there is none to judge by. */
