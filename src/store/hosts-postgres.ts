@@ -1,6 +1,7 @@
 /**
- * The hosts view on PostgreSQL, through the instance store's pool. A flush is one transaction; the
- * merge statements only move fields forward, so consumers flushing concurrently converge.
+ * The hosts view on PostgreSQL, through the instance store's pool (never a checked-out client: a
+ * server that goes away then would make the client emit an error nobody listens to). The merge
+ * statements only move fields forward, so consumers flushing concurrently converge.
  */
 import type { Pool } from 'pg';
 import {
@@ -17,8 +18,14 @@ import type { HostObservation, HostRecord, HostStore, Maintenance, PowerCount } 
 
 type Raw = Record<string, string | number | null>;
 
-const RECORD_EVENT = recordEventSql('postgres');
-const RECORD_SNAPSHOT = recordSnapshotSql('postgres');
+const RECORD_EVENTS = recordEventSql(
+  'postgres',
+  'unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[])',
+);
+const RECORD_SNAPSHOTS = recordSnapshotSql(
+  'postgres',
+  'unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[])',
+);
 
 export class PostgresHostStore implements HostStore {
   readonly #pool: Pool;
@@ -30,39 +37,32 @@ export class PostgresHostStore implements HostStore {
     this.#classify = classify;
   }
 
+  /**
+   * Two statements through the pool, each for every host at once (arrays unnested, hosts in a fixed
+   * order so concurrent flushes lock rows alike). No client is checked out: a server going away
+   * mid-flush fails the query, not the process. The two need not commit together — every field only
+   * moves forward on its own.
+   */
   async record(observations: readonly HostObservation[]): Promise<void> {
     if (observations.length === 0) return;
-    // Hosts in a fixed order: two consumers flushing overlapping hosts lock them in the same order.
     const sorted = [...observations].sort((a, b) => (a.host < b.host ? -1 : a.host > b.host ? 1 : 0));
-    let client;
-    try {
-      client = await this.#pool.connect();
-    } catch (error) {
-      throw this.#classify(error);
-    }
-    try {
-      await client.query('BEGIN');
-      for (const seen of sorted) {
-        await client.query({
-          name: 'virtbus_host_event',
-          text: RECORD_EVENT,
-          values: [seen.host, seen.lastEventUs, seen.lastSeenUs, seen.bootId],
-        });
-        const snap = seen.snapshot;
-        if (snap)
-          await client.query({
-            name: 'virtbus_host_snapshot',
-            text: RECORD_SNAPSHOT,
-            values: [seen.host, snap.id, snap.takenUs, snap.seenUs, snap.bootId, snap.intervalSeconds],
-          });
-      }
-      await client.query('COMMIT');
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw this.#classify(error);
-    } finally {
-      client.release();
-    }
+    await this.#query(RECORD_EVENTS, [
+      sorted.map((seen) => seen.host),
+      sorted.map((seen) => seen.lastEventUs),
+      sorted.map((seen) => seen.lastSeenUs),
+      sorted.map((seen) => seen.bootId),
+    ]);
+    const snapshots = sorted.filter((seen) => seen.snapshot);
+    if (snapshots.length === 0) return;
+    const snap = (seen: HostObservation) => seen.snapshot as NonNullable<HostObservation['snapshot']>;
+    await this.#query(RECORD_SNAPSHOTS, [
+      snapshots.map((seen) => seen.host),
+      snapshots.map((seen) => snap(seen).id),
+      snapshots.map((seen) => snap(seen).takenUs),
+      snapshots.map((seen) => snap(seen).seenUs),
+      snapshots.map((seen) => snap(seen).bootId),
+      snapshots.map((seen) => snap(seen).intervalSeconds),
+    ]);
   }
 
   async list(): Promise<HostRecord[]> {

@@ -12,11 +12,16 @@ function params(dialect: Dialect, count: number): string[] {
   return Array.from({ length: count }, (_, index) => (dialect === 'postgres' ? `$${index + 1}` : '?'));
 }
 
-/** host, last_event_at_us, last_seen_at_us, boot_id: every field moves forward only. */
-export function recordEventSql(dialect: Dialect): string {
+/**
+ * host, last_event_at_us, last_seen_at_us, boot_id: every field moves forward only. `rows` (PostgreSQL)
+ * is a set-returning expression of such tuples, one per host, instead of one VALUES tuple.
+ */
+export function recordEventSql(dialect: Dialect, rows?: string): string {
   const max = dialect === 'postgres' ? 'GREATEST' : 'MAX';
-  const [host, event, seen, boot] = params(dialect, 4);
-  return `INSERT INTO hosts (host, last_event_at_us, last_seen_at_us, boot_id) VALUES (${host}, ${event}, ${seen}, ${boot})
+  const source = rows
+    ? `SELECT * FROM ${rows} AS v(host, e, s, b) ORDER BY host`
+    : `VALUES (${params(dialect, 4).join(', ')})`;
+  return `INSERT INTO hosts (host, last_event_at_us, last_seen_at_us, boot_id) ${source}
     ON CONFLICT (host) DO UPDATE SET
       boot_id = CASE WHEN hosts.last_event_at_us IS NULL OR excluded.last_event_at_us >= hosts.last_event_at_us
         THEN excluded.boot_id ELSE hosts.boot_id END,
@@ -25,10 +30,12 @@ export function recordEventSql(dialect: Dialect): string {
 }
 
 /** The snapshot columns, replaced only by a snapshot taken later than the stored one. */
-export function recordSnapshotSql(dialect: Dialect): string {
-  const p = params(dialect, 6);
+export function recordSnapshotSql(dialect: Dialect, rows?: string): string {
+  const source = rows
+    ? `SELECT * FROM ${rows} AS v(host, i, t, s, b, n) ORDER BY host`
+    : `VALUES (${params(dialect, 6).join(', ')})`;
   return `INSERT INTO hosts (host, snapshot_id, snapshot_at_us, snapshot_seen_at_us, snapshot_boot_id, snapshot_interval_s)
-    VALUES (${p.join(', ')})
+    ${source}
     ON CONFLICT (host) DO UPDATE SET snapshot_id = excluded.snapshot_id, snapshot_at_us = excluded.snapshot_at_us,
       snapshot_seen_at_us = excluded.snapshot_seen_at_us, snapshot_boot_id = excluded.snapshot_boot_id,
       snapshot_interval_s = excluded.snapshot_interval_s
