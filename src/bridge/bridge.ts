@@ -98,6 +98,7 @@ export class Bridge {
       exchange: config.amqp.exchange,
       format: config.amqp.format as 'json' | 'oslo',
       stopDelayMs: config.bridge.stopDelayMs,
+      resyncIntervalSeconds: config.bridge.resyncIntervalSeconds,
       connection: () => this.#libvirt.connection,
       takeQueued: () => this.#pump.takeQueued(),
       outbox: this.#outbox,

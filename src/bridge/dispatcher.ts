@@ -33,6 +33,8 @@ export interface DispatcherOptions {
   readonly exchange: string;
   readonly format: 'json' | 'oslo';
   readonly stopDelayMs: number;
+  /** bridge.resyncIntervalSeconds, carried in every snapshot message (consumers judge overdue hosts). */
+  readonly resyncIntervalSeconds?: number;
   /** The current libvirt connection, or undefined while disconnected. */
   readonly connection: () => NativeConnection | undefined;
   /**
@@ -243,6 +245,9 @@ export class Dispatcher {
       reason,
       count: described.length,
       taken_at: isoMicros(takenMicros),
+      ...(this.#options.resyncIntervalSeconds === undefined
+        ? {}
+        : { interval_seconds: this.#options.resyncIntervalSeconds }),
     };
     const messages = described.map((domain) =>
       this.#message({

@@ -37,6 +37,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'manage instance rows: import FILE | list [--json] | set UUID key=value...',
     load: () => import('./commands/instances.js'),
   },
+  hosts: {
+    summary: 'the hosts view: list [--json] | disable HOST --reason TEXT [--until TIME] | enable HOST',
+    load: () => import('./commands/hosts.js'),
+  },
   broker: {
     summary: 'broker set-up: definitions --hosts FILE|LIST (per-host users, queues, policies)',
     load: () => import('./commands/broker.js'),

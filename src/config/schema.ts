@@ -497,6 +497,12 @@ export const schema = {
       default: 5000,
       env: 'VIRTBUS_CONSUMER_QUEUE_DEPTH_INTERVAL_MS',
     },
+    hostsIntervalMs: {
+      doc: "How often each consumer merges what it saw of each host (last event, last complete snapshot) into the hosts table and re-reads it: a host's maintenance switch (virtbus hosts disable) takes effect on every consumer within this time.",
+      format: 'positive-int',
+      default: 2000,
+      env: 'VIRTBUS_CONSUMER_HOSTS_INTERVAL_MS',
+    },
     maxFutureSkewMs: {
       doc: 'A lifecycle message whose occurred_at lies further than this in the future is dead-lettered (it would otherwise shadow every later event of its instance).',
       format: 'positive-int',

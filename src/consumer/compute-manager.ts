@@ -15,6 +15,7 @@
  * bus), the live-migration follower (follow.ts), and the withheld stop while a migration is in
  * evidence. How a stop ends (its result, its timeout) is stop-results.ts.
  */
+import type { MaintenanceCheck } from './maintenance';
 import { PowerState } from '../libvirt/constants';
 import { COMMAND_SCHEMA, newCommandId, type CommandAction, type StopCommand } from '../messages/command';
 import type { Notifier } from '../notify/notifier';
@@ -43,6 +44,8 @@ export interface ComputeManagerOptions {
   readonly now: () => number;
   /** Live-migration following; undefined when consumer.followMigrations is off. */
   readonly follow: MigrationFollower | undefined;
+  /** A host in maintenance gets no stop or force_stop (maintenance.ts); absent: none is. */
+  readonly maintenance?: MaintenanceCheck;
 }
 
 /** What the stop API call of a stop / force_stop branch came to. */
@@ -51,6 +54,8 @@ type StopCall =
   | { readonly kind: 'refused'; readonly reason: string }
   /** A live migration is in evidence: recorded, not called (virtbus's stand-in for task 'migrating'). */
   | { readonly kind: 'withheld' }
+  /** The host is in maintenance (`virtbus hosts disable`): recorded, not called. */
+  | { readonly kind: 'maintenance'; readonly reason: string }
   /** nova mode: task_state powering-off and a command to the host's bridge. */
   | { readonly kind: 'sent'; readonly command: StopCommand }
   /** observe mode: what Nova would do, recorded. */
@@ -237,7 +242,7 @@ export class ComputeManager {
       else if (call.kind !== 'refused')
         next = {
           ...afterPower,
-          last_action: `${call.kind === 'withheld' ? 'withheld' : 'would'}_${branch.action}`,
+          last_action: `${STOP_CALL_RECORD[call.kind]}_${branch.action}`,
           last_action_at: nowIso,
         };
       actions.push(stopCallAction(branch.action, call));
@@ -277,6 +282,8 @@ export class ComputeManager {
     const reason = action === 'stop' ? stopRefusal(afterPower) : null;
     if (reason) return { kind: 'refused', reason };
     if (row.migration !== null) return { kind: 'withheld' };
+    const maintenance = this.#options.maintenance?.(row.host, now);
+    if (maintenance) return { kind: 'maintenance', reason: maintenance.reason };
     if (this.#options.mode !== 'nova') return { kind: 'observed' };
     const precondition = stopPrecondition(branch.branch);
     return {
@@ -340,6 +347,12 @@ export class ComputeManager {
           `${branch.message} Withheld: a live migration of this instance is in evidence.`,
         );
         return;
+      case 'maintenance':
+        logger.warn(
+          { ...context, maintenance: call.reason },
+          `${branch.message} Withheld: host ${row.host} is in maintenance.`,
+        );
+        return;
       case 'sent':
         logger.warn(
           { ...context, command: call.command.command_id, action: call.command.action },
@@ -383,6 +396,9 @@ export class ComputeManager {
   }
 }
 
+/** The row's last_action prefix for a stop call that recorded instead of sending. */
+const STOP_CALL_RECORD = { withheld: 'withheld', maintenance: 'maintenance', observed: 'would' } as const;
+
 /** The sync action a stop API call counts as. */
 function stopCallAction(action: CommandAction, call: StopCall): SyncAction {
   switch (call.kind) {
@@ -390,6 +406,8 @@ function stopCallAction(action: CommandAction, call: StopCall): SyncAction {
       return 'stop_not_allowed';
     case 'withheld':
       return 'migration_stop_withheld';
+    case 'maintenance':
+      return 'maintenance_stop_withheld';
     case 'sent':
       return action;
     case 'observed':

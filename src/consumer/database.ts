@@ -26,6 +26,8 @@ export interface DatabaseOptions {
   readonly logger: Logger;
   /** Aborted when the consumer shuts down: waits end with ShutdownAbort. */
   readonly signal: AbortSignal;
+  /** After the schema migration, before the database counts as up (the hosts view's maintenance switches). */
+  readonly afterMigrate?: () => Promise<void>;
   /** The database became usable (after start-up or an outage): consumption may resume. */
   readonly onUp: () => void;
   /** An outage began: consumption pauses. */
@@ -57,6 +59,7 @@ export class Database {
     while (!signal.aborted) {
       try {
         await store.migrate();
+        await this.#options.afterMigrate?.();
         this.#to({ name: 'up' });
         logger.info({ store: store.kind }, 'instance database ready');
         this.#options.onUp();

@@ -17,6 +17,7 @@
  * A sync_end (which lists its host's rows) is a round of its own, as is the stop-timeout sweep; both
  * take their candidate rows ROUND_ROWS at a time.
  */
+import type { MaintenanceCheck } from './maintenance';
 import type { StopCommand } from '../messages/command';
 import type { Notifier } from '../notify/notifier';
 import type { InstanceStore } from '../store/types';
@@ -58,6 +59,8 @@ export interface HandlerOptions {
   readonly followMigrations?: boolean;
   /** consumer.migrationWindowMs (default 600000): how long one host's word waits for the other's. */
   readonly migrationWindowMs?: number;
+  /** A host in maintenance gets no stop or force_stop (maintenance.ts); absent: none is. */
+  readonly maintenance?: MaintenanceCheck;
 }
 
 const DEFAULT_MIGRATION_WINDOW_MS = 600_000;
@@ -108,6 +111,7 @@ export class LifecycleHandler {
       logger: options.logger,
       now: this.#now,
       follow,
+      ...(options.maintenance ? { maintenance: options.maintenance } : {}),
     });
     this.#stopContext = {
       logger: options.logger,

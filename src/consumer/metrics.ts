@@ -5,6 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { collectProcessMetrics } from '../metrics/process-metrics';
+import { createHostMetrics, type HostMetrics } from './host-metrics';
 
 /** What happened to a lifecycle or command-result message. */
 export type MessageOutcome =
@@ -52,6 +53,7 @@ export type SyncAction =
   | 'stop_not_found'
   | 'migration_followed'
   | 'migration_stop_withheld'
+  | 'maintenance_stop_withheld'
   | 'stop_timeout'
   | 'command_publish_failed';
 
@@ -73,6 +75,8 @@ export interface ConsumerMetrics {
   readonly commandsReturned: Counter<string>;
   readonly senderRejections: Counter<'reason'>;
   readonly oversized: Counter<string>;
+  /** The hosts view's per-host gauges (host-metrics.ts). */
+  readonly hosts: HostMetrics;
 }
 
 export function createConsumerMetrics(registry = new Registry()): ConsumerMetrics {
@@ -167,5 +171,6 @@ export function createConsumerMetrics(registry = new Registry()): ConsumerMetric
       help: 'Messages dead-lettered unread because their body exceeded consumer.maxMessageBytes.',
       registers,
     }),
+    hosts: createHostMetrics(registers),
   };
 }

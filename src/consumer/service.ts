@@ -40,6 +40,7 @@ import { nowMicros } from '../util/time';
 import type { Channels, Delivery } from './acks';
 import { Acknowledger } from './acknowledge';
 import { Database } from './database';
+import { HostsKeeper } from './hosts';
 import {
   LifecycleHandler,
   ShutdownAbort,
@@ -70,6 +71,8 @@ export interface ConsumerSettings extends ConsumerTopologySettings {
     readonly followMigrations: boolean;
     readonly migrationWindowMs: number;
     readonly queueDepthIntervalMs: number;
+    /** The hosts view's flush and re-read period (hosts.ts). */
+    readonly hostsIntervalMs: number;
     readonly maxFutureSkewMs: number;
     readonly shutdownTimeoutMs: number;
     readonly notifications: {
@@ -106,6 +109,8 @@ interface StageEntry {
 
 export class ConsumerService extends EventEmitter<ServiceEvents> {
   readonly handler: LifecycleHandler;
+  /** The hosts view and its maintenance switches (hosts.ts). */
+  readonly hosts: HostsKeeper;
   readonly #settings: ConsumerSettings;
   readonly #store: InstanceStore;
   readonly #metrics: ConsumerMetrics;
@@ -139,6 +144,12 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     this.#metrics = options.metrics;
     this.#logger = options.logger;
     this.#amqp = options.amqp;
+    this.hosts = new HostsKeeper({
+      store: this.#store.hosts,
+      metrics: this.#metrics.hosts,
+      logger: this.#logger.child({ module: 'hosts' }),
+      intervalMs: this.#settings.consumer.hostsIntervalMs,
+    });
     const { notifications } = this.#settings.consumer;
     const notifier = new Notifier({
       enabled: notifications.enabled,
@@ -161,6 +172,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       stopTimeoutMs: this.#settings.consumer.stopTimeoutMs,
       followMigrations: this.#settings.consumer.followMigrations,
       migrationWindowMs: this.#settings.consumer.migrationWindowMs,
+      maintenance: this.hosts.maintenance.check,
       notifier,
       sendCommand: (command, ttlMs) => this.#sendCommand(command, ttlMs),
       metrics: this.#metrics,
@@ -172,6 +184,8 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       metrics: this.#metrics,
       logger: this.#logger,
       signal: this.#abort.signal,
+      // Maintenance switches are known before the first message is decided on.
+      afterMigrate: () => this.hosts.load(),
       onUp: () => {
         this.#updatePaused();
         void this.#subscription.reconcile();
@@ -223,6 +237,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     const sweepMs = Math.min(5000, Math.max(100, Math.floor(stopTimeoutMs / 4)));
     this.#timers.push(setInterval(() => void this.#sweep(), sweepMs));
     for (const timer of this.#timers) timer.unref();
+    this.hosts.start();
   }
 
   get ready(): boolean {
@@ -266,6 +281,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         { inFlight: this.#inFlight.size },
         'shutdown timeout: unfinished messages will be redelivered',
       );
+    await this.hosts.stop(); // the last observations reach the hosts table
     this.#abort.abort();
     await this.#dbStart;
     await this.#amqp.close();
@@ -344,6 +360,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
         let results: ItemResult[];
         try {
           results = await this.handler.handleBatch(items, this.#db.run);
+          this.hosts.observe(items, results);
         } catch (error) {
           if (!(error instanceof ShutdownAbort))
             this.#logger.error({ err: error }, 'messages left unacknowledged after an unexpected failure');

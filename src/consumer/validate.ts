@@ -23,7 +23,14 @@ export interface LifecycleEventIn {
   readonly occurredUs: number;
   readonly seq: number;
   readonly bootId: string;
-  readonly snapshot: { readonly id: string; readonly takenUs: number } | undefined;
+  readonly snapshot:
+    | {
+        readonly id: string;
+        readonly takenUs: number;
+        /** The bridge's periodic snapshot interval (seconds), when its message says (hosts view). */
+        readonly intervalSeconds?: number;
+      }
+    | undefined;
   /** sync_end: every domain of the snapshot (lower-cased). */
   readonly instanceUuids: readonly string[] | undefined;
   /**
@@ -193,7 +200,18 @@ export function validateLifecycle(
         snap.taken_at === undefined || snap.taken_at === null
           ? occurredUs
           : time(snap, 'taken_at', maxFutureUs);
-      snapshot = { id: text(snap, 'id', 100), takenUs };
+      const interval = snap.interval_seconds;
+      if (
+        interval !== undefined &&
+        interval !== null &&
+        (typeof interval !== 'number' || !Number.isSafeInteger(interval) || interval < 0)
+      )
+        fail(`field snapshot.interval_seconds: expected a non-negative integer, got ${describe(interval)}`);
+      snapshot = {
+        id: text(snap, 'id', 100),
+        takenUs,
+        ...(typeof interval === 'number' ? { intervalSeconds: interval } : {}),
+      };
     }
     let libvirt: LifecycleEventIn['libvirt'] = null;
     if (record.libvirt !== undefined && record.libvirt !== null) {

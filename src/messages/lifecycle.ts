@@ -22,6 +22,12 @@ export interface SnapshotInfo {
   readonly count: number;
   /** When the domain list was read: rows not changed since then and absent from the list have vanished. */
   readonly taken_at: string;
+  /**
+   * The bridge's periodic snapshot interval (bridge.resyncIntervalSeconds; 0: periodic snapshots
+   * disabled), so consumers can tell when this host's next snapshot is overdue. Optional: bridges
+   * before it omit it, and consumers ignore unknown fields.
+   */
+  readonly interval_seconds?: number;
 }
 
 export interface LifecycleMessage {

@@ -22,6 +22,8 @@ import {
   type InstanceRow,
   type InstanceStore,
 } from './types';
+import { PostgresHostStore } from './hosts-postgres';
+import type { HostStore } from './hosts-types';
 
 export interface PostgresStoreOptions {
   readonly url: string;
@@ -122,6 +124,8 @@ const UPSERT_SQL = `INSERT INTO instances (${INSERT_COLUMNS.join(', ')})
 
 export class PostgresStore implements InstanceStore {
   readonly kind = 'postgres' as const;
+  /** The hosts view (hosts-postgres.ts), through this pool. */
+  readonly hosts: HostStore;
   readonly #pool: Pool;
   #closed: Promise<void> | undefined;
   #gets = new Map<string, Array<Pending<InstanceRow | undefined>>>();
@@ -141,6 +145,7 @@ export class PostgresStore implements InstanceStore {
     this.#pool.on('error', (error) =>
       options.logger.warn({ err: error }, 'PostgreSQL connection lost (idle client)'),
     );
+    this.hosts = new PostgresHostStore(this.#pool, classify);
   }
 
   async migrate(): Promise<void> {

@@ -52,6 +52,30 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       UPDATE instances SET pending_command_host = host WHERE pending_command_id IS NOT NULL;
     `,
   },
+  {
+    version: 3,
+    name: 'hosts',
+    // The hosts view (hosts-types.ts): what consumers saw of each host and its maintenance switch.
+    // The index lets the per-host power-state counts read the index alone.
+    sql: `
+      CREATE TABLE hosts (
+        host TEXT PRIMARY KEY,
+        last_event_at_us INTEGER,
+        last_seen_at_us INTEGER,
+        boot_id TEXT,
+        snapshot_id TEXT,
+        snapshot_at_us INTEGER,
+        snapshot_seen_at_us INTEGER,
+        snapshot_boot_id TEXT,
+        snapshot_interval_s INTEGER,
+        maintenance_reason TEXT,
+        maintenance_since_us INTEGER,
+        maintenance_until_us INTEGER,
+        maintenance_by TEXT
+      ) STRICT;
+      CREATE INDEX instances_host_power ON instances (host, power_state, vm_state);
+    `,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -92,6 +116,30 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       ALTER TABLE instances ADD COLUMN pending_command_host TEXT;
       ALTER TABLE instances ADD COLUMN migration TEXT;
       UPDATE instances SET pending_command_host = host WHERE pending_command_id IS NOT NULL;
+    `,
+  },
+  {
+    version: 3,
+    name: 'hosts',
+    // The hosts view (hosts-types.ts): what consumers saw of each host and its maintenance switch.
+    // The index lets the per-host power-state counts read the index alone.
+    sql: `
+      CREATE TABLE hosts (
+        host TEXT PRIMARY KEY,
+        last_event_at_us BIGINT,
+        last_seen_at_us BIGINT,
+        boot_id TEXT,
+        snapshot_id TEXT,
+        snapshot_at_us BIGINT,
+        snapshot_seen_at_us BIGINT,
+        snapshot_boot_id TEXT,
+        snapshot_interval_s BIGINT,
+        maintenance_reason TEXT,
+        maintenance_since_us BIGINT,
+        maintenance_until_us BIGINT,
+        maintenance_by TEXT
+      );
+      CREATE INDEX instances_host_power ON instances (host, power_state, vm_state);
     `,
   },
 ];

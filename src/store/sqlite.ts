@@ -32,6 +32,8 @@ import {
   type InstanceRow,
   type InstanceStore,
 } from './types';
+import { SqliteHostStore } from './hosts-sqlite';
+import type { HostStore } from './hosts-types';
 
 export interface SqliteStoreOptions {
   /** File path, or ':memory:'. */
@@ -64,6 +66,8 @@ interface Waiter {
 
 export class SqliteStore implements InstanceStore {
   readonly kind = 'sqlite' as const;
+  /** The hosts view (hosts-sqlite.ts), on this connection. */
+  readonly hosts: HostStore;
   readonly #db: Database.Database;
   readonly #get: Database.Statement<[string], Raw>;
   readonly #listAll: Database.Statement<[], Raw>;
@@ -124,6 +128,7 @@ export class SqliteStore implements InstanceStore {
     this.#expired = this.#db.prepare(
       'SELECT * FROM instances WHERE pending_command_id IS NOT NULL AND command_deadline_ms < ? ORDER BY uuid',
     );
+    this.hosts = new SqliteHostStore(this.#db, (work) => this.#read(work));
   }
 
   /** The schema is created when the store opens (synchronously); kept for the interface. */

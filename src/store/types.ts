@@ -5,6 +5,7 @@
  * default) and PostgreSQL (shared by several consumers). Every write is a compare-and-swap on
  * `version`, so concurrent consumers can never overwrite each other's decisions.
  */
+import type { HostStore } from './hosts-types';
 
 /** Nova's vm_state strings (nova/objects/fields.py InstanceState). */
 export const VM_STATES = [
@@ -161,6 +162,8 @@ export class StoreUnavailableError extends Error {
 
 export interface InstanceStore {
   readonly kind: 'sqlite' | 'postgres';
+  /** The hosts view (hosts-types.ts); absent in test doubles, which then keep none. */
+  readonly hosts?: HostStore;
   /** Creates or upgrades the schema (idempotent; safe when several consumers start at once). */
   migrate(): Promise<void>;
   /** Resolves when the database answers a trivial query. */

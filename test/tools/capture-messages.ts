@@ -226,7 +226,7 @@ connection).
 | \`published_at\` | when the message was built (dispatch time) |
 | \`delayed_ms\` | how long a STOPPED was held (Nova's delay, \`bridge.stopDelayMs\`); 0 otherwise |
 | \`seq\`, \`boot_id\` | monotonic per bridge process (assigned at dispatch), and that process' id: the consumer orders one process's messages by \`seq\`, never by its wall clock |
-| \`snapshot\` | sync/sync_end only: \`{id, reason: start\\|reconnect\\|periodic\\|overflow, count, taken_at}\` |
+| \`snapshot\` | sync/sync_end only: \`{id, reason: start\\|reconnect\\|periodic\\|overflow, count, taken_at, interval_seconds}\`; \`interval_seconds\` is the bridge's \`bridge.resyncIntervalSeconds\` (0: no periodic snapshots), so consumers can tell when the host's next snapshot is overdue (\`virtbus hosts list\`); optional: older bridges omit it, older consumers ignore it |
 | \`instance_uuids\` | sync_end only: every domain in the snapshot (at most 100,000: a longer list is dead-lettered) |
 
 AMQP properties: persistent, \`content_type\` \`application/json\`, \`message_id\` = \`event_id\`,
@@ -256,6 +256,10 @@ the full table with what the consumer does with each; docs/consumer.md the migra
 
 At start, after every libvirt reconnect, every \`bridge.resyncIntervalSeconds\` and after a native
 queue overflow the bridge publishes one \`sync\` per domain and then one \`sync_end\` listing them all.
+Every snapshot message carries the bridge's periodic interval (\`snapshot.interval_seconds\`): the
+consumers record each host's last applied \`sync_end\` and report a host whose snapshots are more
+than two intervals overdue while its rows say guests run as silent
+([operations.md](operations.md#hosts-and-maintenance)).
 A consumer treats rows of that host that are missing from \`instance_uuids\` (and unchanged since
 \`taken_at\`) as domains that vanished (NOSTATE) — or, when another host said the guest arrived by
 live migration, as the source's word that it left ([consumer.md](consumer.md#live-migration-the-row-follows-the-guest)). A domain whose STOPPED is being held (Nova's delay)

@@ -4,6 +4,7 @@
  * captured instead of sent, and bridges that number their messages as a real bridge process does
  * (one boot_id, a rising seq). Lets Nova's decisions be tested in milliseconds, branch by branch.
  */
+import type { MaintenanceCheck } from '../../src/consumer/maintenance';
 import { randomUUID } from 'node:crypto';
 import { Registry } from 'prom-client';
 import { LifecycleHandler, type ConsumerMode } from '../../src/consumer/handler';
@@ -105,6 +106,7 @@ export function rig(
     mode?: ConsumerMode;
     followMigrations?: boolean;
     migrationWindowMs?: number;
+    maintenance?: MaintenanceCheck;
     /** The broker refuses every stop command (a publish that fails). */
     refuseCommands?: boolean;
   } = {},
@@ -175,6 +177,7 @@ export function rig(
     now: () => state.clock,
     ...(options.followMigrations === undefined ? {} : { followMigrations: options.followMigrations }),
     ...(options.migrationWindowMs === undefined ? {} : { migrationWindowMs: options.migrationWindowMs }),
+    ...(options.maintenance === undefined ? {} : { maintenance: options.maintenance }),
   });
   return state;
 }
