@@ -134,6 +134,13 @@ export const schema = {
       env: 'VIRTBUS_LOG_LEVEL',
       arg: 'log-level',
     },
+    format: {
+      doc: 'Log line format: auto (human-readable lines when stdout is a terminal, JSON lines otherwise), json (pino JSON lines, for collectors) or pretty (human-readable lines).',
+      format: ['auto', 'json', 'pretty'],
+      default: 'auto',
+      env: 'VIRTBUS_LOG_FORMAT',
+      arg: 'log-format',
+    },
   },
   metrics: {
     host: {
