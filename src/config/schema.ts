@@ -567,6 +567,12 @@ export const schema = {
         default: true,
         env: 'VIRTBUS_CONSUMER_NOTIFICATIONS_DECLARE_QUEUE',
       },
+      payloadVersion: {
+        doc: "InstanceUpdatePayload version of instance.update: 2.1 (today's Nova, with the shares field) or 2.0 for listeners that deserialise with an older Nova's objects (up to 2024.1, e.g. Nova 26 in Debian 12), which reject a field they do not know.",
+        format: ['2.0', '2.1'],
+        default: '2.1',
+        env: 'VIRTBUS_NOTIFICATION_PAYLOAD_VERSION',
+      },
     },
   },
   db: {

@@ -74,6 +74,8 @@ export interface ConsumerSettings extends ConsumerTopologySettings {
       readonly topic: string;
       readonly durable: boolean;
       readonly declareQueue: boolean;
+      /** hook (issue 13, notifications Nova accepts): InstanceUpdatePayload 2.0 or 2.1. */
+      readonly payloadVersion?: string;
     };
   };
   readonly db: { readonly retryInitialDelayMs: number; readonly retryMaxDelayMs: number };
@@ -143,6 +145,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       exchange: notifications.exchange,
       topic: notifications.topic,
       persistent: notifications.durable,
+      payloadVersion: notifications.payloadVersion === '2.0' ? '2.0' : '2.1', // hook (issue 13)
       publish: (exchange, routingKey, body, publishOptions) =>
         this.#publish(exchange, routingKey, body, {
           persistent: publishOptions.persistent,
