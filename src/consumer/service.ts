@@ -487,14 +487,10 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     const nowUs = nowMicros();
     const items: WorkItem[] = [];
     const valid: Delivery[] = [];
+    // hook (issue 13, dead-letter replay): the consumer's own user, the only one that may replay.
+    const intake = { ...this.#settings.consumer, selfUser: this.#amqp.user };
     for (const delivery of deliveries) {
-      const read = readDelivery(
-        delivery.queue,
-        delivery.message,
-        nowUs,
-        this.#settings.consumer,
-        this.#metrics,
-      );
+      const read = readDelivery(delivery.queue, delivery.message, nowUs, intake, this.#metrics);
       if ('reason' in read) this.#track(this.#deadLetter(delivery, read.reason, read.truncated === true));
       else {
         items.push(read);
@@ -595,14 +591,16 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     const { queue, channels, message } = delivery;
     const { consumer } = this.#settings;
     const properties = message.properties;
-    const { content, options } = deadLetterMessage(
+    // hook (issue 13, dead-letter replay): origin recorded, published as the consumer's own user.
+    const { content, options, routingKey } = deadLetterMessage(
       message,
       reason,
       queue === 'lifecycle' ? consumer.queue : consumer.resultQueue,
       truncate,
+      this.#amqp.user,
     );
     try {
-      await this.#publish(consumer.deadLetterExchange, message.fields.routingKey, content, options, channels);
+      await this.#publish(consumer.deadLetterExchange, routingKey, content, options, channels);
     } catch (error) {
       this.#logger.error({ err: error, reason }, 'cannot dead-letter a message; returning it to its queue');
       this.#metrics.inFlight.dec();
