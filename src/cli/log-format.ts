@@ -100,7 +100,8 @@ export function prettyDestination(out: { write(text: string): unknown }, colors:
 
 /**
  * The start-up summary: what a person checks first (who am I, which broker and database, which
- * mode), secrets masked. The full configuration is logged at debug.
+ * mode), secrets masked. The full configuration is logged at debug. (No key is called `metrics`:
+ * tools find the metrics address by the `metrics` URL of the "metrics server listening" line.)
  */
 export function configSummary(config: VirtbusConfig, role: 'bridge' | 'consumer'): Record<string, unknown> {
   const common = {
@@ -108,7 +109,7 @@ export function configSummary(config: VirtbusConfig, role: 'bridge' | 'consumer'
     host: config.host,
     amqp: redactValue(config.amqp.url),
     exchange: config.amqp.exchange,
-    metrics: `${config.metrics.host}:${config.metrics.port}`,
+    metricsListen: `${config.metrics.host}:${config.metrics.port}`,
     log: `${config.log.level}/${config.log.format}`,
   };
   if (role === 'bridge')
