@@ -5,9 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# python3-nova and python3-oslo.messaging: test/consumer/nova-objects.test.ts reads the consumer's
+# notifications with an oslo.messaging listener and checks them with Nova 26's own payload objects
+# (about 210 packages, 34 MB to download, 312 MB installed; about 190 s to install on this machine).
 PACKAGES=(libvirt-dev libvirt-daemon libvirt-clients pkg-config rabbitmq-server postgresql prometheus openssl systemd
   util-linux make g++ python3
-  qemu-system-x86 libvirt-daemon-driver-qemu busybox-static cpio)
+  qemu-system-x86 libvirt-daemon-driver-qemu busybox-static cpio
+  python3-nova python3-oslo.messaging)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -294,7 +294,10 @@ export function generateDefinitions(options: DefinitionsOptions): Definitions {
     })),
     // The consumer declares its topology on every connect (exchanges, its queues, bindings; the
     // lifecycle exchange with its alternate exchange needs write on the alternate exchange), publishes
-    // commands, dead letters and notifications, and consumes its two queues.
+    // commands, dead letters and notifications, and consumes its two queues. `virtbus dead-letters
+    // replay`, as the consumer, publishes to its own queues through the default exchange (write on
+    // amq.default): nothing it could not do already — the queues take only what the consumer checks
+    // as from the original sender, and a bridge checks every command's user and host itself.
     {
       user: consumerUser,
       vhost,
@@ -310,6 +313,7 @@ export function generateDefinitions(options: DefinitionsOptions): Definitions {
         notificationQ.name,
       ),
       write: exactly(
+        'amq.default',
         amqp.unroutableExchange,
         amqp.commandExchange,
         consumer.deadLetterExchange,

@@ -41,6 +41,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'the hosts view: list [--json] | disable HOST --reason TEXT [--until TIME] | enable HOST',
     load: () => import('./commands/hosts.js'),
   },
+  'dead-letters': {
+    summary: 'the dead-letter queue: list [--json] | replay | purge [--yes] (--reason TEXT, --limit N)',
+    load: () => import('./commands/dead-letters.js'),
+  },
   broker: {
     summary: 'broker set-up: definitions --hosts FILE|LIST (per-host users, queues, policies)',
     load: () => import('./commands/broker.js'),
@@ -54,7 +58,7 @@ true to the hypervisor, the way Nova's compute manager does.
 
 Commands:
 ${Object.entries(COMMANDS)
-  .map(([name, command]) => `  ${name.padEnd(10)} ${command.summary}`)
+  .map(([name, command]) => `  ${name.padEnd(12)} ${command.summary}`)
   .join('\n')}
 
 Run \`virtbus <command> --help\` for a command's options. Configuration: config/default.json, files in

@@ -1,10 +1,12 @@
 /**
  * The common start of `virtbus bridge` and `virtbus consumer`: parse the flags (configuration
  * flags only), print --help, load and validate the configuration for the role, create the root
- * logger and log the effective configuration with secrets redacted.
+ * logger (JSON lines, or readable lines on a terminal: log-format.ts) and log the effective
+ * configuration: a one-line summary at info, the full dump with secrets redacted at debug.
  */
 import { loadConfig, redactedConfig, type ConfigRole, type VirtbusConfig } from '../config/load';
 import { createLogger, type Logger } from '../util/log';
+import { configSummary, prettyDestination, resolveLogFormat } from './log-format';
 import { CONFIG_FLAGS, parseArgs, UsageError } from './usage';
 
 export type ServiceSetup =
@@ -18,7 +20,13 @@ export function serviceSetup(argv: readonly string[], role: ConfigRole, help: st
   }
   if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${args.positionals[0]}`);
   const config = loadConfig({ role, args: args.configArgs });
-  const logger = createLogger(config.log.level, `virtbus-${role}`);
-  logger.info({ config: redactedConfig(config) }, 'configuration');
+  const tty = process.stdout.isTTY === true;
+  const destination =
+    resolveLogFormat(config.log.format, tty) === 'pretty'
+      ? prettyDestination(process.stdout, tty)
+      : undefined;
+  const logger = createLogger(config.log.level, `virtbus-${role}`, destination);
+  logger.info(configSummary(config, role), 'configuration');
+  logger.debug({ config: redactedConfig(config) }, 'configuration in full');
   return { config, logger };
 }

@@ -79,6 +79,7 @@ export function parseArgs(
 export const CONFIG_FLAGS = [
   'host',
   'log-level',
+  'log-format',
   'metrics-host',
   'metrics-port',
   'libvirt-uri',

@@ -134,6 +134,13 @@ export const schema = {
       env: 'VIRTBUS_LOG_LEVEL',
       arg: 'log-level',
     },
+    format: {
+      doc: 'Log line format: auto (human-readable lines when stdout is a terminal, JSON lines otherwise), json (pino JSON lines, for collectors) or pretty (human-readable lines).',
+      format: ['auto', 'json', 'pretty'],
+      default: 'auto',
+      env: 'VIRTBUS_LOG_FORMAT',
+      arg: 'log-format',
+    },
   },
   metrics: {
     host: {
@@ -565,6 +572,12 @@ export const schema = {
         format: Boolean,
         default: true,
         env: 'VIRTBUS_CONSUMER_NOTIFICATIONS_DECLARE_QUEUE',
+      },
+      payloadVersion: {
+        doc: "InstanceUpdatePayload version of instance.update: 2.1 (today's Nova, with the shares field) or 2.0 for listeners that deserialise with an older Nova's objects (up to 2024.1, e.g. Nova 26 in Debian 12), which reject a field they do not know.",
+        format: ['2.0', '2.1'],
+        default: '2.1',
+        env: 'VIRTBUS_NOTIFICATION_PAYLOAD_VERSION',
       },
     },
   },

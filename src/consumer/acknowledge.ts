@@ -31,6 +31,8 @@ export interface AcknowledgerOptions {
   ) => Promise<void>;
   /** Keeps a dead-letter publish in the set of work a shutdown waits for. */
   readonly track: (work: Promise<void>) => void;
+  /** The consumer's own broker user (the dead-letter copy is published as it). */
+  readonly selfUser: () => string;
 }
 
 export class Acknowledger {
@@ -92,20 +94,17 @@ export class Acknowledger {
     const { queues, metrics, logger } = this.#options;
     const { queue, channels, message } = delivery;
     const properties = message.properties;
-    const { content, options } = deadLetterMessage(
+    // The original sender and routing key are recorded, and the copy is published as the consumer's
+    // own user, so a replay can be verified later (dead-letters.ts).
+    const { content, options, routingKey } = deadLetterMessage(
       message,
       reason,
       queue === 'lifecycle' ? queues.queue : queues.resultQueue,
       truncate,
+      this.#options.selfUser(),
     );
     try {
-      await this.#options.publish(
-        queues.deadLetterExchange,
-        message.fields.routingKey,
-        content,
-        options,
-        channels,
-      );
+      await this.#options.publish(queues.deadLetterExchange, routingKey, content, options, channels);
     } catch (error) {
       logger.error({ err: error, reason }, 'cannot dead-letter a message; returning it to its queue');
       metrics.inFlight.dec();

@@ -6,6 +6,7 @@
  */
 import type { ConsumeMessage } from 'amqplib';
 import type { WorkItem } from './handler';
+import { deliveryOrigin } from './dead-letters-origin';
 import type { ConsumerMetrics } from './metrics';
 import { verifySender, type SenderPolicy } from './senders';
 import { validateCommandResult, validateLifecycle } from './validate';
@@ -14,6 +15,11 @@ export interface IntakeSettings {
   readonly maxMessageBytes: number;
   readonly maxFutureSkewMs: number;
   readonly senders: SenderPolicy;
+  /**
+   * The consumer's own broker user: only a message it published to its queue may be a replay of a
+   * dead letter, checked against the sender it records (dead-letters-origin.ts). '' or absent: none is.
+   */
+  readonly selfUser?: string;
 }
 
 /** Why a delivery is unusable; `truncated`: dead-letter only a prefix of its body (it is oversized). */
@@ -63,7 +69,13 @@ function read(
     item = { kind: 'result', result: validated.value };
     host = validated.value.host;
   }
-  const verdict = verifySender(settings.senders, host, message.fields.routingKey, message.properties.userId);
+  // A replay is checked as its original publish was: the recorded routing key and user.
+  const origin = deliveryOrigin(message, settings.selfUser ?? '');
+  if ('forged' in origin) {
+    metrics.senderRejections.inc({ reason: 'forged_replay' });
+    return { reason: `sender not verified: ${origin.forged}` };
+  }
+  const verdict = verifySender(settings.senders, host, origin.routingKey, origin.userId);
   if (verdict) {
     metrics.senderRejections.inc({ reason: verdict.rejection });
     return verdict;

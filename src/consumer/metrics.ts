@@ -162,7 +162,7 @@ export function createConsumerMetrics(registry = new Registry()): ConsumerMetric
     }),
     senderRejections: new Counter({
       name: 'virtbus_consumer_sender_rejections_total',
-      help: 'Messages dead-lettered because their sender was not verified, by reason (routing_key_mismatch, no_user_id, user_mismatch).',
+      help: "Messages dead-lettered because their sender was not verified, by reason (routing_key_mismatch, no_user_id, user_mismatch, forged_replay: a dead-letter replay not published by the consumer's own user).",
       labelNames: ['reason'],
       registers,
     }),

@@ -9,8 +9,18 @@ import { commandRoutingKey, type StopCommand } from '../messages/command';
 import { APP_ID } from '../messages/lifecycle';
 import { isoMicros, nowMicros } from '../util/time';
 import type { Channels } from './acks';
+import {
+  DEAD_LETTERED_AT_HEADER,
+  deliveryOrigin,
+  ORIGINAL_BYTES_HEADER,
+  ORIGINAL_EXCHANGE_HEADER,
+  ORIGINAL_ROUTING_KEY_HEADER,
+  ORIGINAL_USER_HEADER,
+  QUEUE_HEADER,
+  REASON_HEADER,
+} from './dead-letters-origin';
 
-export const REASON_HEADER = 'x-virtbus-reason';
+export { REASON_HEADER } from './dead-letters-origin';
 
 /** Publishes on the confirm channel; resolves when the broker confirms, rejects on a nack or when closed. */
 export function publishConfirmed(
@@ -36,23 +46,36 @@ export function publishConfirmed(
 
 /**
  * The properties of a message re-published to the dead-letter exchange: the original's, with the
- * reason and the message's origin in headers.
+ * reason and the message's origin in headers — its routing key and its broker-verified user_id (for
+ * a replay, the ones it carried: dead-letters-origin.ts) — published as `selfUser`, the consumer's
+ * broker user, which is what makes that recorded origin believable to `dead-letters replay`.
  */
 export function deadLetterOptions(
   message: ConsumeMessage,
   reason: string,
   queueName: string,
+  selfUser = '',
 ): Options.Publish {
   const properties = message.properties;
+  const found = deliveryOrigin(message, selfUser);
+  const origin =
+    'forged' in found
+      ? { routingKey: message.fields.routingKey, userId: properties.userId as string | undefined }
+      : found;
   const headers: Record<string, unknown> = {
     ...properties.headers,
     [REASON_HEADER]: reason,
-    'x-virtbus-queue': queueName,
-    'x-virtbus-original-exchange': message.fields.exchange,
-    'x-virtbus-original-routing-key': message.fields.routingKey,
-    'x-virtbus-dead-lettered-at': isoMicros(nowMicros()),
+    [QUEUE_HEADER]: queueName,
+    [ORIGINAL_EXCHANGE_HEADER]: message.fields.exchange,
+    [ORIGINAL_ROUTING_KEY_HEADER]: origin.routingKey,
+    [DEAD_LETTERED_AT_HEADER]: isoMicros(nowMicros()),
   };
+  // A forged "origin" header on the original must not survive into the copy (the copy is believed).
+  delete headers[ORIGINAL_USER_HEADER];
+  if (typeof origin.userId === 'string' && origin.userId !== '')
+    headers[ORIGINAL_USER_HEADER] = origin.userId;
   const options: Options.Publish = { headers, persistent: true };
+  if (selfUser) options.userId = selfUser;
   if (properties.contentType) options.contentType = properties.contentType as string;
   if (properties.contentEncoding) options.contentEncoding = properties.contentEncoding as string;
   if (properties.messageId) options.messageId = properties.messageId as string;
@@ -76,15 +99,19 @@ export function deadLetterMessage(
   reason: string,
   queueName: string,
   truncate: boolean,
-): { content: Buffer; options: Options.Publish } {
-  const options = deadLetterOptions(message, reason, queueName);
+  selfUser = '',
+): { content: Buffer; options: Options.Publish; routingKey: string } {
+  const options = deadLetterOptions(message, reason, queueName, selfUser);
+  // Published with the original routing key (for a replay, the one it carried), so the dead-letter
+  // exchange routes and `dead-letters list` shows what the sender meant.
+  const routingKey = (options.headers as Record<string, string>)[ORIGINAL_ROUTING_KEY_HEADER] as string;
   if (!truncate || message.content.length <= DEAD_LETTER_PREFIX_BYTES)
-    return { content: message.content, options };
+    return { content: message.content, options, routingKey };
   options.headers = {
     ...(options.headers as Record<string, unknown>),
-    'x-virtbus-original-bytes': message.content.length,
+    [ORIGINAL_BYTES_HEADER]: message.content.length,
   };
-  return { content: message.content.subarray(0, DEAD_LETTER_PREFIX_BYTES), options };
+  return { content: message.content.subarray(0, DEAD_LETTER_PREFIX_BYTES), options, routingKey };
 }
 
 /**

@@ -25,7 +25,7 @@ export interface SenderPolicy {
 }
 
 /** Why a sender was not believed; a fixed set, used as the metric label. */
-export type SenderRejection = 'routing_key_mismatch' | 'no_user_id' | 'user_mismatch';
+export type SenderRejection = 'routing_key_mismatch' | 'no_user_id' | 'user_mismatch' | 'forged_replay';
 
 export interface SenderVerdict {
   readonly rejection: SenderRejection;

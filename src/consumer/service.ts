@@ -81,6 +81,8 @@ export interface ConsumerSettings extends ConsumerTopologySettings {
       readonly topic: string;
       readonly durable: boolean;
       readonly declareQueue: boolean;
+      /** InstanceUpdatePayload 2.0 (Nova before `shares`) or 2.1. */
+      readonly payloadVersion?: string;
     };
   };
   readonly db: { readonly retryInitialDelayMs: number; readonly retryMaxDelayMs: number };
@@ -156,6 +158,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       exchange: notifications.exchange,
       topic: notifications.topic,
       persistent: notifications.durable,
+      payloadVersion: notifications.payloadVersion === '2.0' ? '2.0' : '2.1',
       publish: (exchange, routingKey, body, publishOptions) =>
         this.#publish(exchange, routingKey, body, {
           persistent: publishOptions.persistent,
@@ -220,6 +223,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
       publish: (exchange, routingKey, content, options, channels) =>
         this.#publish(exchange, routingKey, content, options, channels),
       track: (work) => this.#track(work),
+      selfUser: () => this.#amqp.user,
     });
   }
 
@@ -315,14 +319,10 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
     const nowUs = nowMicros();
     const items: WorkItem[] = [];
     const valid: Delivery[] = [];
+    // The consumer's own broker user: the only one whose dead-letter replays are believed.
+    const intake = { ...this.#settings.consumer, selfUser: this.#amqp.user };
     for (const delivery of deliveries) {
-      const read = readDelivery(
-        delivery.queue,
-        delivery.message,
-        nowUs,
-        this.#settings.consumer,
-        this.#metrics,
-      );
+      const read = readDelivery(delivery.queue, delivery.message, nowUs, intake, this.#metrics);
       if ('reason' in read)
         this.#track(this.#acknowledger.deadLetter(delivery, read.reason, read.truncated === true));
       else {

@@ -1,5 +1,6 @@
 /**
- * Nova's versioned `instance.update` notification (InstanceUpdatePayload 2.1) in the oslo.messaging
+ * Nova's versioned `instance.update` notification (InstanceUpdatePayload 2.1, or 2.0 for consumers on
+ * Nova releases before `shares`: consumer.notifications.payloadVersion) in the oslo.messaging
  * v2 envelope (docs/consumer.md#notifications; nova/notifications/objects/instance.py and
  * oslo.messaging's serialize_msg in _drivers/common.py): `oslo.message` is a JSON *string*; timestamp is
  * Python's str(utcnow()) ("2026-08-21 21:01:48.123456"); message_id a dashed UUID, _unique_id hex;
@@ -12,8 +13,17 @@ import { POWER_STATE_NAMES, type PowerStateCode } from '../libvirt/constants';
 import type { InstanceRow } from '../store/types';
 import { normalizeTime } from '../store/input';
 import { novaDateTime, osloTimestamp, parseIsoMicros } from '../util/time';
+import { flavorPayload } from './flavor';
 
 export const INSTANCE_UPDATE_EVENT = 'instance.update';
+
+/**
+ * InstanceUpdatePayload versions virtbus writes: 2.1 (today's Nova: `shares` added) and 2.0 (Nova up
+ * to 2024.1, e.g. Nova 26 "Zed" in Debian 12: no `shares`, which its objects would reject).
+ */
+export const PAYLOAD_VERSIONS = ['2.0', '2.1'] as const;
+export type PayloadVersion = (typeof PAYLOAD_VERSIONS)[number];
+export const DEFAULT_PAYLOAD_VERSION: PayloadVersion = '2.1';
 
 export interface NovaObject<T> {
   readonly 'nova_object.name': string;
@@ -98,6 +108,7 @@ export function instanceUpdatePayload(
   row: InstanceRow,
   before: Pick<InstanceRow, 'vm_state' | 'task_state'>,
   nowMicros: number,
+  version: PayloadVersion = DEFAULT_PAYLOAD_VERSION,
 ): NovaObject<Record<string, unknown>> {
   const changed = before.vm_state !== row.vm_state || before.task_state !== row.task_state;
   const stateUpdate: StateUpdate = changed
@@ -127,7 +138,7 @@ export function instanceUpdatePayload(
     os_type: attr(row, 'os_type'),
     architecture: attr(row, 'architecture'),
     availability_zone: attr(row, 'availability_zone'),
-    flavor: attr(row, 'flavor'),
+    flavor: flavorPayload(row.attrs),
     image_uuid: attr(row, 'image_uuid'),
     key_name: attr(row, 'key_name'),
     kernel_id: attr(row, 'kernel_id', ''),
@@ -150,18 +161,20 @@ export function instanceUpdatePayload(
     action_initiator_user: null,
     action_initiator_project: null,
     locked_reason: attr(row, 'locked_reason'),
-    shares: null,
+    ...(version === '2.0' ? {} : { shares: null }),
     state_update: novaObject('InstanceStateUpdatePayload', '1.0', stateUpdate),
     audit_period: auditPeriod(nowMicros),
     old_display_name: null,
     tags: attr(row, 'tags', []),
   };
-  return novaObject('InstanceUpdatePayload', '2.1', data);
+  return novaObject('InstanceUpdatePayload', version, data);
 }
 
 export interface NotificationOptions {
   readonly nowMicros: number;
   readonly publisherService?: string;
+  /** InstanceUpdatePayload version (default 2.1). */
+  readonly payloadVersion?: PayloadVersion;
   /** The random UUIDs (message_id, the request id, _unique_id before its dashes go); tests fix them. */
   readonly ids?: { readonly message: string; readonly request: string; readonly unique: string };
 }
@@ -188,7 +201,7 @@ export function buildInstanceUpdate(
     publisher_id: `${options.publisherService ?? 'nova-compute'}:${row.host ?? 'unknown'}`,
     event_type: INSTANCE_UPDATE_EVENT,
     priority: 'INFO',
-    payload: instanceUpdatePayload(row, before, options.nowMicros),
+    payload: instanceUpdatePayload(row, before, options.nowMicros, options.payloadVersion),
     timestamp,
     _unique_id: ids.unique.replace(/-/g, ''),
     _context_request_id: requestId,
@@ -251,7 +264,6 @@ const ATTR_DEFAULTS: Readonly<Record<string, unknown>> = {
   os_type: null,
   architecture: null,
   availability_zone: null,
-  flavor: null,
   image_uuid: null,
   key_name: null,
   kernel_id: '',
@@ -278,7 +290,29 @@ function novaObjectHead(name: string, version: string): string {
   return `{\\"nova_object.name\\":\\"${name}\\",\\"nova_object.namespace\\":\\"nova\\",\\"nova_object.version\\":\\"${version}\\",\\"nova_object.data\\":`;
 }
 
-const PAYLOAD_HEAD = novaObjectHead('InstanceUpdatePayload', '2.1');
+const PAYLOAD_HEADS: Readonly<Record<PayloadVersion, string>> = {
+  '2.0': novaObjectHead('InstanceUpdatePayload', '2.0'),
+  '2.1': novaObjectHead('InstanceUpdatePayload', '2.1'),
+};
+
+/** Attributes a FlavorPayload is built from (flavor.ts); a row with none of them gets the default. */
+const FLAVOR_SOURCES = [
+  'flavor',
+  'memory_mb',
+  'ram',
+  'vcpus',
+  'root_gb',
+  'disk',
+  'ephemeral_gb',
+  'OS-FLV-EXT-DATA:ephemeral',
+  'instance_type_flavorid',
+];
+const DEFAULT_FLAVOR_MEMBER = member('flavor', flavorPayload({}));
+
+function flavorMember(attrs: InstanceRow['attrs']): string {
+  for (const key of FLAVOR_SOURCES) if (key in attrs) return member('flavor', flavorPayload(attrs));
+  return DEFAULT_FLAVOR_MEMBER;
+}
 const STATE_UPDATE_HEAD = novaObjectHead('InstanceStateUpdatePayload', '1.0');
 const AUDIT_PERIOD_HEAD = novaObjectHead('AuditPeriodPayload', '1.0');
 const CONTEXT_TAIL =
@@ -342,6 +376,7 @@ export function encodeInstanceUpdate(
   options: NotificationOptions,
 ): { readonly messageId: string; readonly body: Buffer } {
   const ids = options.ids ?? newIds();
+  const version = options.payloadVersion ?? DEFAULT_PAYLOAD_VERSION;
   const now = Math.floor(options.nowMicros);
   const second = Math.floor(now / 1_000_000);
   const texts = secondTexts(second);
@@ -364,7 +399,7 @@ export function encodeInstanceUpdate(
     attrMember(attrs, 'os_type') +
     attrMember(attrs, 'architecture') +
     attrMember(attrs, 'availability_zone') +
-    attrMember(attrs, 'flavor') +
+    flavorMember(attrs) +
     attrMember(attrs, 'image_uuid') +
     attrMember(attrs, 'key_name') +
     attrMember(attrs, 'kernel_id') +
@@ -385,7 +420,8 @@ export function encodeInstanceUpdate(
     attrMember(attrs, 'auto_disk_config') +
     ',\\"request_id\\":null,\\"action_initiator_user\\":null,\\"action_initiator_project\\":null' +
     attrMember(attrs, 'locked_reason') +
-    ',\\"shares\\":null,\\"state_update\\":' +
+    (version === '2.0' ? '' : ',\\"shares\\":null') +
+    ',\\"state_update\\":' +
     STATE_UPDATE_HEAD +
     `{\\"old_state\\":${nested(changed ? before.vm_state : row.vm_state) ?? 'null'}` +
     member('state', row.vm_state) +
@@ -401,7 +437,7 @@ export function encodeInstanceUpdate(
     `{"oslo.version":"2.0","oslo.message":"{\\"message_id\\":\\"${ids.message}\\"` +
     member('publisher_id', `${options.publisherService ?? 'nova-compute'}:${row.host ?? 'unknown'}`) +
     `,\\"event_type\\":\\"${INSTANCE_UPDATE_EVENT}\\",\\"priority\\":\\"INFO\\",\\"payload\\":` +
-    PAYLOAD_HEAD +
+    PAYLOAD_HEADS[version] +
     data +
     `},\\"timestamp\\":\\"${timestamp}\\",\\"_unique_id\\":\\"${ids.unique.replace(/-/g, '')}\\"` +
     `,\\"_context_request_id\\":\\"req-${ids.request}\\"` +

@@ -14,7 +14,7 @@ import type { QueueSpec } from '../amqp/topology';
 import type { InstanceRow } from '../store/types';
 import type { Logger } from '../util/log';
 import { nowMicros } from '../util/time';
-import { encodeInstanceUpdate, notificationRoutingKey } from './instance-update';
+import { encodeInstanceUpdate, notificationRoutingKey, type PayloadVersion } from './instance-update';
 
 export interface NotifierOptions {
   readonly enabled: boolean;
@@ -32,6 +32,8 @@ export interface NotifierOptions {
   readonly logger: Logger;
   /** Message persistence follows the exchange's durability, as oslo does. */
   readonly persistent: boolean;
+  /** InstanceUpdatePayload version: 2.1 (default) or 2.0 for Nova releases before `shares`. */
+  readonly payloadVersion?: PayloadVersion;
 }
 
 export class Notifier {
@@ -70,7 +72,10 @@ export class Notifier {
       logger.warn({ err: error, uuid: row.uuid }, 'instance.update notification not published');
     };
     try {
-      const { messageId, body } = encodeInstanceUpdate(row, before, { nowMicros: nowMicros() });
+      const { messageId, body } = encodeInstanceUpdate(row, before, {
+        nowMicros: nowMicros(),
+        ...(this.#options.payloadVersion ? { payloadVersion: this.#options.payloadVersion } : {}),
+      });
       return this.#options
         .publish(exchange, notificationRoutingKey(topic), body, {
           persistent: this.#options.persistent,

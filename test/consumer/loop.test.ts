@@ -309,7 +309,11 @@ describe('notifications', async () => {
     assert.equal(data.task_state, null);
     assert.equal(data.display_name, 'some-server');
     assert.equal(data.tenant_id, 't1');
-    assert.deepEqual(data.flavor, { name: 'm1' });
+    // Nova declares flavor a non-nullable FlavorPayload: the imported dict becomes one (flavor.ts).
+    const flavor = data.flavor as Record<string, unknown>;
+    assert.equal(flavor['nova_object.name'], 'FlavorPayload');
+    assert.equal(flavor['nova_object.version'], '1.4');
+    assert.equal((flavor['nova_object.data'] as Record<string, unknown>).name, 'm1');
     assert.equal(data.launched_at, '2026-08-20T10:00:30Z');
     assert.match(data.updated_at as string, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/);
     assert.equal(data.request_id, null);

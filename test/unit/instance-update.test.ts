@@ -36,6 +36,8 @@ const VALUES: unknown[] = [
   {},
   { nested: { deep: ['x', { y: 'z"' }] } },
   { 'nova_object.name': 'FlavorPayload', 'nova_object.data': { vcpus: 1, extra_specs: {} } },
+  { id: 'f1', name: 'm1.small', ram: '2048', disk: 20, swap: '', 'os-flavor-access:is_public': false },
+  512,
 ];
 const ATTRS = [
   'display_name',
@@ -64,6 +66,10 @@ const ATTRS = [
   'auto_disk_config',
   'locked_reason',
   'tags',
+  'memory_mb',
+  'vcpus',
+  'root_gb',
+  'ephemeral_gb',
 ];
 const TIMES = [
   null,
@@ -130,7 +136,8 @@ describe('instance.update wire form', () => {
         unique: `5d1c0a3f-9e2b-4c7d-a1b2-${index.toString(16).padStart(12, '0')}`,
       };
       const publisherService = next() < 0.1 ? 'nova-api' : undefined;
-      const options = { nowMicros, ids, ...(publisherService ? { publisherService } : {}) };
+      const payloadVersion = next() < 0.5 ? ('2.0' as const) : ('2.1' as const);
+      const options = { nowMicros, ids, payloadVersion, ...(publisherService ? { publisherService } : {}) };
       const reference = JSON.stringify(buildInstanceUpdate(row, before, options).envelope);
       const encoded = encodeInstanceUpdate(row, before, options);
       assert.equal(encoded.body.toString('utf8'), reference, `row ${index}`);
