@@ -16,6 +16,7 @@ import type { Logger } from '../util/log';
 import { APP_ID } from '../messages/lifecycle';
 import type { Outbox, OutboxRecord } from './outbox';
 import type { BridgeMetrics } from './metrics';
+import type { PublishHooks } from './publish-hooks'; // hook: formats and tracing (issue 13)
 
 export interface PublisherOptions {
   readonly connection: AmqpConnection;
@@ -29,6 +30,8 @@ export interface PublisherOptions {
   /** First delay before reopening the channel after a nack; doubles per nack up to reopenMaxDelayMs. */
   readonly reopenInitialDelayMs?: number;
   readonly reopenMaxDelayMs?: number;
+  /** Content type, headers (format, traceparent) and spans per record: publish-hooks.ts. */
+  readonly hooks?: PublishHooks; // hook (issue 13)
 }
 
 /** Confirms in a row on one channel after which the nack backoff starts again from its first step. */
@@ -230,6 +233,8 @@ export class Publisher {
     const generation = this.#generation;
     this.#cursor = record.id;
     this.#inFlight += 1;
+    const wire = this.#options.hooks?.properties(record); // hook (issue 13)
+    this.#options.hooks?.published(record); // hook (issue 13)
     return channel.publish(
       record.exchange,
       record.routingKey,
@@ -239,7 +244,8 @@ export class Publisher {
         mandatory: true,
         // The broker checks user_id equals this connection's user: consumers verify the sender by it.
         ...(this.#options.connection.user ? { userId: this.#options.connection.user } : {}),
-        contentType: 'application/json',
+        contentType: wire?.contentType ?? 'application/json', // hook (issue 13)
+        ...(wire ? { headers: wire.headers } : {}), // hook (issue 13)
         contentEncoding: 'utf-8',
         messageId: record.messageId,
         timestamp: Math.floor(Date.now() / 1000),
@@ -277,6 +283,7 @@ export class Publisher {
       return;
     }
     outbox.confirm(record.id);
+    this.#options.hooks?.confirmed(record); // hook (issue 13)
     // A streak of confirms (or an outbox caught up) ends the nack backoff.
     this.#confirmStreak += 1;
     if (this.#confirmStreak >= CONFIRM_STREAK_RESET || outbox.depth === 0) this.#nackStreak = 0;

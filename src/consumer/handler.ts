@@ -196,7 +196,11 @@ export class LifecycleHandler {
       return undefined;
     }
     const uuid = event.instanceUuid as string;
-    return { uuid, decide: (row) => this.#decideSync(event, row, uuid, vmPowerState, periodic) };
+    return {
+      uuid,
+      trace: event.trace, // hook (issue 13)
+      decide: (row) => this.#decideSync(event, row, uuid, vmPowerState, periodic),
+    };
   }
 
   #decideSync(
@@ -302,6 +306,7 @@ export class LifecycleHandler {
     for (let start = 0; start < candidates.length; start += ROUND_ROWS) {
       const tasks = candidates.slice(start, start + ROUND_ROWS).map((candidate): Task => ({
         uuid: candidate.uuid,
+        trace: event.trace, // hook (issue 13)
         decide: (row) => {
           if (
             !row ||

@@ -9,6 +9,8 @@ import type { WorkItem } from './handler';
 import type { ConsumerMetrics } from './metrics';
 import { verifySender, type SenderPolicy } from './senders';
 import { validateCommandResult, validateLifecycle } from './validate';
+import { binaryCloudEventMismatch } from '../messages/cloudevents'; // hook (issue 13)
+import { startMessageTrace } from '../tracing/consumer'; // hook (issue 13)
 
 export interface IntakeSettings {
   readonly maxMessageBytes: number;
@@ -43,6 +45,7 @@ function read(
   settings: IntakeSettings,
   metrics: Pick<ConsumerMetrics, 'oversized' | 'senderRejections'>,
 ): WorkItem | Rejected {
+  const trace = queue === 'lifecycle' ? startMessageTrace(message) : undefined; // hook (issue 13)
   if (message.content.length > settings.maxMessageBytes) {
     metrics.oversized.inc();
     return {
@@ -55,7 +58,10 @@ function read(
   if (queue === 'lifecycle') {
     const validated = validateLifecycle(message.content, nowUs, settings.maxFutureSkewMs);
     if (!validated.ok) return validated;
-    item = { kind: 'lifecycle', event: validated.value };
+    // A binary-mode CloudEvent's ce- headers must say what its body says (issue 13).
+    const mismatch = binaryCloudEventMismatch(message.properties.headers, validated.value);
+    if (mismatch) return { reason: mismatch };
+    item = { kind: 'lifecycle', event: trace ? { ...validated.value, trace } : validated.value }; // hook (issue 13)
     host = validated.value.host;
   } else {
     const validated = validateCommandResult(message.content, nowUs, settings.maxFutureSkewMs);
