@@ -5,16 +5,42 @@
  * first, then the same host's bridge restarted in structured mode.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { HTTP, type CloudEventV1 } from 'cloudevents';
 import { startVirtbus, type ServiceProcess } from '../support/bridge-process';
 import { BusRecorder, type Received } from '../support/bus';
 import { domainXml, openDriver } from '../support/domains';
 import { testBroker, testLibvirtd } from '../support/services';
-import { instance, row, tempSqliteUrl, waitUntil } from '../consumer/harness';
+import { waitUntil } from '../../src/sandbox';
 import { openStore } from '../../src/store/open';
+import type { InstanceRow, InstanceStore } from '../../src/store/types';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';
 import { createLogger } from '../../src/util/log';
+
+/** A SQLite database in a temp dir, removed after the file (kept local: the file stands alone). */
+function tempSqliteUrl(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'virtbus-events-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  return `sqlite:${join(dir, 'instances.db')}`;
+}
+
+async function row(store: InstanceStore, uuid: string): Promise<InstanceRow> {
+  const found = await store.get(uuid);
+  if (!found) throw new Error(`no row ${uuid}`);
+  return found;
+}
+
+const activeRow = (uuid: string, host: string) => ({
+  uuid,
+  host,
+  vm_state: 'active',
+  task_state: null,
+  power_state: 1,
+  launched_at: '2026-01-01T00:00:00.000000Z',
+});
 
 const HOST = 'cmp-07.example.org';
 const EXCHANGE_ARGS = { arguments: { 'alternate-exchange': 'virtbus.unroutable' } };
@@ -41,7 +67,7 @@ describe('CloudEvents from a real bridge through a real broker', async () => {
   after(() => store.close());
   const domain = await driver.defineXML(domainXml('ce-1'));
   await driver.start(domain.uuid);
-  await store.upsert([instance({ uuid: domain.uuid, host: HOST, vm_state: 'active', power_state: 1 })]);
+  await store.upsert([activeRow(domain.uuid, HOST)]);
 
   const bus = await BusRecorder.listen<unknown>(broker.url, 'virtbus.lifecycle', ['#'], EXCHANGE_ARGS);
   after(() => bus.close());

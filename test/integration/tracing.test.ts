@@ -7,17 +7,43 @@
  * as their traceparent.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { startVirtbus, type ServiceProcess } from '../support/bridge-process';
 import { BusRecorder, type Received } from '../support/bus';
 import { domainXml, openDriver } from '../support/domains';
 import { OtlpReceiver, type ReceivedSpan } from '../support/otlp-receiver';
 import { testBroker, testLibvirtd } from '../support/services';
-import { instance, row, tempSqliteUrl, waitUntil } from '../consumer/harness';
+import { waitUntil } from '../../src/sandbox';
 import { openStore } from '../../src/store/open';
+import type { InstanceRow, InstanceStore } from '../../src/store/types';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';
 import type { StopCommand } from '../../src/messages/command';
 import { createLogger } from '../../src/util/log';
+
+/** A SQLite database in a temp dir, removed after the file (kept local: the file stands alone). */
+function tempSqliteUrl(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'virtbus-events-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  return `sqlite:${join(dir, 'instances.db')}`;
+}
+
+async function row(store: InstanceStore, uuid: string): Promise<InstanceRow> {
+  const found = await store.get(uuid);
+  if (!found) throw new Error(`no row ${uuid}`);
+  return found;
+}
+
+const activeRow = (uuid: string, host: string) => ({
+  uuid,
+  host,
+  vm_state: 'active',
+  task_state: null,
+  power_state: 1,
+  launched_at: '2026-01-01T00:00:00.000000Z',
+});
 
 const HOST = 'cmp-09.example.org';
 const SEGMENT = 'cmp-09_example_org';
@@ -51,7 +77,7 @@ describe('trace context from bridge to consumer, exported over OTLP/HTTP', async
   after(() => store.close());
   const domain = await driver.defineXML(domainXml('traced-1'));
   await driver.start(domain.uuid);
-  await store.upsert([instance({ uuid: domain.uuid, host: HOST, vm_state: 'active', power_state: 1 })]);
+  await store.upsert([activeRow(domain.uuid, HOST)]);
 
   const lifecycle = await BusRecorder.listen(broker.url, 'virtbus.lifecycle', ['#'], EXCHANGE_ARGS);
   const commands = await BusRecorder.listen<StopCommand>(broker.url, 'virtbus.commands', ['*.stop']);
