@@ -56,12 +56,12 @@ function read(
   let item: WorkItem;
   let host: string;
   if (queue === 'lifecycle') {
-    const validated = validateLifecycle(message.content, nowUs, settings.maxFutureSkewMs);
+    const validated = validateLifecycle(message.content, nowUs, settings.maxFutureSkewMs, trace); // hook (issue 13)
     if (!validated.ok) return validated;
     // A binary-mode CloudEvent's ce- headers must say what its body says (issue 13).
     const mismatch = binaryCloudEventMismatch(message.properties.headers, validated.value);
     if (mismatch) return { reason: mismatch };
-    item = { kind: 'lifecycle', event: trace ? { ...validated.value, trace } : validated.value }; // hook (issue 13)
+    item = { kind: 'lifecycle', event: validated.value };
     host = validated.value.host;
   } else {
     const validated = validateCommandResult(message.content, nowUs, settings.maxFutureSkewMs);

@@ -146,11 +146,13 @@ function wrap<T>(validate: () => T): Validated<T> {
  * A lifecycle body in any accepted format (plain virtbus object, which is also a binary-mode
  * CloudEvent's body, oslo v2 envelope, oslo v1 message, structured CloudEvent).
  * @param nowUs the consumer's clock, for the future-skew bound.
+ * @param trace the message's trace context (src/tracing/consumer.ts), carried on the event.
  */
 export function validateLifecycle(
   body: Buffer,
   nowUs: number,
   maxFutureSkewMs: number,
+  trace?: MessageTrace,
 ): Validated<LifecycleEventIn> {
   return wrap(() => {
     let inner: unknown;
@@ -236,6 +238,7 @@ export function validateLifecycle(
       snapshot,
       instanceUuids,
       libvirt,
+      trace, // the message's trace context, from its headers (issue 13)
     };
   });
 }
