@@ -21,6 +21,8 @@ import {
   lifecycleFormatHeaders,
 } from '../../src/messages/formats';
 import { validateLifecycle } from '../../src/consumer/validate';
+import { readDelivery } from '../../src/consumer/intake';
+import type { ConsumeMessage } from 'amqplib';
 import { schema as configSchema } from '../../src/config/schema';
 
 const UUID = '6f0c2b1e-3a4d-4e5f-8a7b-9c0d1e2f3a4b';
@@ -171,5 +173,58 @@ describe('CloudEvents formats', () => {
       binaryCloudEventMismatch({ ...headers, 'ce-specversion': '2.0' }, result.value) ?? '',
       /specversion/,
     );
+  });
+
+  it('sender checks apply unchanged to CloudEvents: the data names the host, the routing key must agree', () => {
+    const counted: string[] = [];
+    const metrics = {
+      oversized: { inc: () => counted.push('oversized') },
+      senderRejections: { inc: (labels: { reason: string }) => counted.push(labels.reason) },
+    } as unknown as Parameters<typeof readDelivery>[4];
+    const lifecycle = message(); // host cmp-01.example.org
+    const deliver = (
+      routingKey: string,
+      userId: string,
+      body: object,
+      headers: Record<string, unknown> = {},
+    ) =>
+      readDelivery(
+        'lifecycle',
+        {
+          content: Buffer.from(JSON.stringify(body)),
+          fields: { deliveryTag: 1, redelivered: false, exchange: 'virtbus.lifecycle', routingKey },
+          properties: { headers, userId },
+        } as unknown as ConsumeMessage,
+        NOW_US,
+        {
+          maxMessageBytes: 1 << 20,
+          maxFutureSkewMs: 60_000,
+          senders: { mode: 'strict', userTemplate: '{segment}' },
+        },
+        metrics,
+      );
+    const structured = structuredCloudEvent(lifecycle);
+    const binary = binaryCloudEventHeaders(lifecycle);
+    // From its own host: accepted in both modes.
+    assert.ok(!('reason' in deliver('cmp-01_example_org.stopped', 'cmp-01_example_org', structured)));
+    assert.ok(!('reason' in deliver('cmp-01_example_org.stopped', 'cmp-01_example_org', lifecycle, binary)));
+    // Another host's credential and routing key, the victim's name in the data (and attributes).
+    for (const [body, headers] of [
+      [structured, {}],
+      [lifecycle, binary],
+    ] as const) {
+      const forged = deliver('cmp-02_example_org.stopped', 'cmp-02_example_org', body, headers);
+      assert.ok('reason' in forged);
+      assert.match(forged.reason, /sender not verified/);
+      const wrongUser = deliver('cmp-01_example_org.stopped', 'cmp-02_example_org', body, headers);
+      assert.ok('reason' in wrongUser);
+      assert.match(wrongUser.reason, /published by broker user/);
+    }
+    assert.deepEqual(counted, [
+      'routing_key_mismatch',
+      'user_mismatch',
+      'routing_key_mismatch',
+      'user_mismatch',
+    ]);
   });
 });
