@@ -170,7 +170,8 @@ function render(got: Captured[]): string {
   );
   const binary = find(
     got,
-    (m) => isCloudEvent(m) && m.properties.contentType === 'application/json' && m.routingKey.endsWith('.started'),
+    (m) =>
+      isCloudEvent(m) && m.properties.contentType === 'application/json' && m.routingKey.endsWith('.started'),
     'binary CloudEvent',
   );
   const structured = find(
