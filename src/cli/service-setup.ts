@@ -5,6 +5,7 @@
  */
 import { loadConfig, redactedConfig, type ConfigRole, type VirtbusConfig } from '../config/load';
 import { createLogger, type Logger } from '../util/log';
+import { startTracing } from '../tracing/otel'; // hook (issue 13)
 import { CONFIG_FLAGS, parseArgs, UsageError } from './usage';
 
 export type ServiceSetup =
@@ -20,5 +21,7 @@ export function serviceSetup(argv: readonly string[], role: ConfigRole, help: st
   const config = loadConfig({ role, args: args.configArgs });
   const logger = createLogger(config.log.level, `virtbus-${role}`);
   logger.info({ config: redactedConfig(config) }, 'configuration');
+  // Span export only when OTEL_EXPORTER_OTLP_ENDPOINT is set (src/tracing/otel.ts).
+  startTracing(`virtbus-${role}`, config.host, logger); // hook (issue 13)
   return { config, logger };
 }

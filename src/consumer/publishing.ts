@@ -9,6 +9,7 @@ import { commandRoutingKey, type StopCommand } from '../messages/command';
 import { APP_ID } from '../messages/lifecycle';
 import { isoMicros, nowMicros } from '../util/time';
 import type { Channels } from './acks';
+import { traceHeaders } from '../tracing/consumer'; // hook (issue 13)
 
 export const REASON_HEADER = 'x-virtbus-reason';
 
@@ -110,6 +111,7 @@ export function commandMessage(
       type: command.schema,
       timestamp: Math.floor(Date.now() / 1000),
       expiration: String(ttlMs),
+      ...traceHeaders(), // hook (issue 13): the traceparent of the message that caused the command
     },
   };
 }
