@@ -21,6 +21,9 @@ import { EventPump } from './event-pump';
 import { createBridgeMetrics, type BridgeMetrics } from './metrics';
 import { MemoryOutbox, type Outbox } from './outbox';
 import { Publisher } from './publisher';
+import { lifecyclePublishHooks } from './publish-hooks'; // hook (issue 13)
+import type { LifecycleFormat } from '../messages/formats'; // hook (issue 13)
+import { activeTracing } from '../tracing/otel'; // hook (issue 13)
 
 export interface BridgeDependencies {
   readonly config: VirtbusConfig;
@@ -96,7 +99,7 @@ export class Bridge {
       host: config.host,
       bootId: this.bootId,
       exchange: config.amqp.exchange,
-      format: config.amqp.format as 'json' | 'oslo',
+      format: config.amqp.format as LifecycleFormat, // hook (issue 13)
       stopDelayMs: config.bridge.stopDelayMs,
       resyncIntervalSeconds: config.bridge.resyncIntervalSeconds,
       connection: () => this.#libvirt.connection,
@@ -113,6 +116,12 @@ export class Bridge {
       maxInFlight: config.amqp.maxInFlight,
       metrics: this.metrics,
       logger: logger.child({ module: 'publisher' }),
+      hooks: lifecyclePublishHooks({
+        format: config.amqp.format as LifecycleFormat,
+        host: config.host,
+        tracing: activeTracing(),
+        logger: logger.child({ module: 'publisher' }),
+      }), // hook (issue 13)
     });
     this.#pump = new EventPump(
       binding,

@@ -14,11 +14,11 @@ import { DomainStateCode, PowerState, nameOrNumber } from '../libvirt/constants'
 import {
   buildLifecycleMessage,
   lifecycleRoutingKey,
-  osloEnvelope,
   LIFECYCLE_MESSAGE_TYPE,
   type LifecycleMessage,
   type SnapshotReason,
 } from '../messages/lifecycle';
+import { encodeLifecycleBody, type LifecycleFormat } from '../messages/formats'; // hook (issue 13)
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
 import { Backoff } from '../util/backoff';
@@ -31,7 +31,7 @@ export interface DispatcherOptions {
   readonly host: string;
   readonly bootId: string;
   readonly exchange: string;
-  readonly format: 'json' | 'oslo';
+  readonly format: LifecycleFormat; // hook (issue 13)
   readonly stopDelayMs: number;
   /** bridge.resyncIntervalSeconds, carried in every snapshot message (consumers judge overdue hosts). */
   readonly resyncIntervalSeconds?: number;
@@ -470,7 +470,7 @@ export class Dispatcher {
       snapshot: fields.snapshot,
       instanceUuids: fields.instanceUuids,
     });
-    const body = format === 'oslo' ? osloEnvelope(message, published) : message;
+    const body = encodeLifecycleBody(format, message, published); // hook (issue 13)
     return {
       exchange,
       routingKey: lifecycleRoutingKey(host, fields.transition),

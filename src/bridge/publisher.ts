@@ -18,6 +18,7 @@ import { APP_ID } from '../messages/lifecycle';
 import type { Outbox, OutboxRecord } from './outbox';
 import type { BridgeMetrics } from './metrics';
 import { PublisherLifecycle, type OpenChannel } from './publisher-state';
+import type { PublishHooks } from './publish-hooks'; // hook: formats and tracing (issue 13)
 
 export interface PublisherOptions {
   readonly connection: AmqpConnection;
@@ -31,6 +32,8 @@ export interface PublisherOptions {
   /** First delay before reopening the channel after a nack; doubles per nack up to reopenMaxDelayMs. */
   readonly reopenInitialDelayMs?: number;
   readonly reopenMaxDelayMs?: number;
+  /** Content type, headers (format, traceparent) and spans per record: publish-hooks.ts. */
+  readonly hooks?: PublishHooks; // hook (issue 13)
 }
 
 /** Confirms in a row on one channel after which the nack backoff starts again from its first step. */
@@ -224,6 +227,8 @@ export class Publisher {
   #publish(open: OpenChannel<ConfirmChannel>, record: OutboxRecord): boolean {
     open.cursor = record.id;
     open.inFlight += 1;
+    const wire = this.#options.hooks?.properties(record); // hook (issue 13)
+    this.#options.hooks?.published(record); // hook (issue 13)
     return open.channel.publish(
       record.exchange,
       record.routingKey,
@@ -233,7 +238,8 @@ export class Publisher {
         mandatory: true,
         // The broker checks user_id equals this connection's user: consumers verify the sender by it.
         ...(this.#options.connection.user ? { userId: this.#options.connection.user } : {}),
-        contentType: 'application/json',
+        contentType: wire?.contentType ?? 'application/json', // hook (issue 13)
+        ...(wire ? { headers: wire.headers } : {}), // hook (issue 13)
         contentEncoding: 'utf-8',
         messageId: record.messageId,
         timestamp: Math.floor(Date.now() / 1000),
@@ -270,6 +276,7 @@ export class Publisher {
       return;
     }
     outbox.confirm(record.id);
+    this.#options.hooks?.confirmed(record); // hook (issue 13)
     // A streak of confirms (or an outbox caught up) ends the nack backoff.
     open.confirmStreak += 1;
     if (open.confirmStreak >= CONFIRM_STREAK_RESET || outbox.depth === 0) this.#nackStreak = 0;

@@ -7,6 +7,7 @@
 import { loadConfig, redactedConfig, type ConfigRole, type VirtbusConfig } from '../config/load';
 import { createLogger, type Logger } from '../util/log';
 import { configSummary, prettyDestination, resolveLogFormat } from './log-format';
+import { startTracing } from '../tracing/otel';
 import { CONFIG_FLAGS, parseArgs, UsageError } from './usage';
 
 export type ServiceSetup =
@@ -28,5 +29,7 @@ export function serviceSetup(argv: readonly string[], role: ConfigRole, help: st
   const logger = createLogger(config.log.level, `virtbus-${role}`, destination);
   logger.info(configSummary(config, role), 'configuration');
   logger.debug({ config: redactedConfig(config) }, 'configuration in full');
+  // Span export only when OTEL_EXPORTER_OTLP_ENDPOINT is set (src/tracing/otel.ts).
+  startTracing(`virtbus-${role}`, config.host, logger);
   return { config, logger };
 }

@@ -245,8 +245,8 @@ export const schema = {
       env: 'VIRTBUS_COMMAND_EXCHANGE',
     },
     format: {
-      doc: 'Lifecycle body format: json (the virtbus.lifecycle/1 object) or oslo (the same fields as the payload of an oslo.messaging v2 envelope).',
-      format: ['json', 'oslo'],
+      doc: 'Lifecycle message format (bridge): json (the virtbus.lifecycle/1 object), oslo (the same fields as the payload of an oslo.messaging v2 envelope), cloudevents (a binary-mode CloudEvent: the object as the body, the attributes in ce- headers) or cloudevents-structured (application/cloudevents+json). Consumers read all four.',
+      format: ['json', 'oslo', 'cloudevents', 'cloudevents-structured'],
       default: 'json',
       env: 'VIRTBUS_AMQP_FORMAT',
     },

@@ -6,6 +6,7 @@
  */
 import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import type { ProcessedInfo } from './service';
+import { finishMessageTraces } from '../tracing/consumer'; // hook (issue 13)
 
 /** The channels of one broker connection (one generation): consuming, publishing, depth polling. */
 export interface Channels {
@@ -91,7 +92,7 @@ export class Acks {
       order.splice(0, this.#head);
       this.#head = 0;
     }
-    if (last && this.#send(last.message, true)) this.acked(done);
+    if (last && this.#send(last.message, true)) this.#acked(done);
   }
 
   #ackBacklog(): void {
@@ -110,7 +111,12 @@ export class Acks {
     this.#order = waiting;
     this.#head = 0;
     this.#backlog = 0;
-    if (done.length > 0) this.acked(done);
+    if (done.length > 0) this.#acked(done);
+  }
+
+  #acked(done: readonly Delivery[]): void {
+    finishMessageTraces(done); // hook (issue 13): the consumer's spans end at the ack
+    this.acked(done);
   }
 
   #send(message: ConsumeMessage, multiple: boolean): boolean {

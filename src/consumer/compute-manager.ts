@@ -89,7 +89,11 @@ export class ComputeManager {
       return undefined;
     }
     const uuid = event.instanceUuid as string;
-    return { uuid, decide: (row) => this.#lifecycle(event, row, uuid, vmPowerState, periodic) };
+    return {
+      uuid,
+      trace: event.trace, // hook (issue 13)
+      decide: (row) => this.#lifecycle(event, row, uuid, vmPowerState, periodic),
+    };
   }
 
   /**
@@ -102,6 +106,7 @@ export class ComputeManager {
     const { metrics } = this.#options;
     return {
       uuid,
+      trace: event.trace, // hook (issue 13)
       decide: (row) => {
         // Gone from this host, deleted, or changed since the snapshot was taken: it says nothing of it.
         if (

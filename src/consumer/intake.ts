@@ -10,6 +10,8 @@ import { deliveryOrigin } from './dead-letters-origin';
 import type { ConsumerMetrics } from './metrics';
 import { verifySender, type SenderPolicy } from './senders';
 import { validateCommandResult, validateLifecycle } from './validate';
+import { binaryCloudEventMismatch } from '../messages/cloudevents'; // hook (issue 13)
+import { startMessageTrace } from '../tracing/consumer'; // hook (issue 13)
 
 export interface IntakeSettings {
   readonly maxMessageBytes: number;
@@ -49,6 +51,7 @@ function read(
   settings: IntakeSettings,
   metrics: Pick<ConsumerMetrics, 'oversized' | 'senderRejections'>,
 ): WorkItem | Rejected {
+  const trace = queue === 'lifecycle' ? startMessageTrace(message) : undefined; // hook (issue 13)
   if (message.content.length > settings.maxMessageBytes) {
     metrics.oversized.inc();
     return {
@@ -59,8 +62,11 @@ function read(
   let item: WorkItem;
   let host: string;
   if (queue === 'lifecycle') {
-    const validated = validateLifecycle(message.content, nowUs, settings.maxFutureSkewMs);
+    const validated = validateLifecycle(message.content, nowUs, settings.maxFutureSkewMs, trace); // hook (issue 13)
     if (!validated.ok) return validated;
+    // A binary-mode CloudEvent's ce- headers must say what its body says (issue 13).
+    const mismatch = binaryCloudEventMismatch(message.properties.headers, validated.value);
+    if (mismatch) return { reason: mismatch };
     item = { kind: 'lifecycle', event: validated.value };
     host = validated.value.host;
   } else {

@@ -19,6 +19,7 @@ import {
   QUEUE_HEADER,
   REASON_HEADER,
 } from './dead-letters-origin';
+import { traceHeaders } from '../tracing/consumer';
 
 export { REASON_HEADER } from './dead-letters-origin';
 
@@ -137,6 +138,7 @@ export function commandMessage(
       type: command.schema,
       timestamp: Math.floor(Date.now() / 1000),
       expiration: String(ttlMs),
+      ...traceHeaders(), // hook (issue 13): the traceparent of the message that caused the command
     },
   };
 }

@@ -9,6 +9,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { InstanceRow, InstanceStore, RowWrite } from '../store/types';
 import type { ConsumerMetrics, MessageOutcome } from './metrics';
+import { effectsWithTrace, type MessageTrace } from '../tracing/consumer'; // hook (issue 13)
 
 /**
  * Runs one store call; the consumer passes a runner that waits out database outages and retries the
@@ -45,6 +46,8 @@ export interface Decision<O extends string = MessageOutcome> {
 /** One decision to take on one row, within a store round. */
 export interface Task<O extends string = MessageOutcome> {
   readonly uuid: string;
+  /** The message's trace: its effects' publishes carry it (src/tracing/consumer.ts). */
+  readonly trace?: MessageTrace; // hook (issue 13)
   decide(row: InstanceRow | undefined): Decision<O>;
 }
 
@@ -149,7 +152,11 @@ export async function runRounds<O extends string>(
       const decision = decisions.get(index) as Decision<O>;
       results[index] = decision.reject
         ? { ok: false, error: decision.reject }
-        : { ok: true, decision, published: decision.effects?.() };
+        : {
+            ok: true,
+            decision,
+            published: effectsWithTrace((tasks[index] as Task<O>).trace, decision.effects),
+          }; // hook (issue 13)
     }
     if (lost.size > 0) metrics.casRetries.inc(lost.size);
     pending = retry;

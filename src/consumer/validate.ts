@@ -6,6 +6,8 @@
  */
 import { TRANSITIONS, type Transition } from '../libvirt/translate';
 import { LIFECYCLE_SCHEMA, unwrapLifecycleBody } from '../messages/lifecycle';
+import { CloudEventError } from '../messages/cloudevents';
+import type { MessageTrace } from '../tracing/consumer';
 import { COMMAND_RESULT_SCHEMA, type CommandAction, type CommandOutcome } from '../messages/command';
 import { isPowerStateCode } from '../store/types';
 import { UUID_PATTERN } from '../store/input';
@@ -38,6 +40,8 @@ export interface LifecycleEventIn {
    * the message has none. The detail tells a migration's STARTED/RESUMED/STOPPED from others.
    */
   readonly libvirt: { readonly eventCode: number; readonly detailCode: number | null } | null;
+  /** Trace context from the message's traceparent header (set by the intake; src/tracing/consumer.ts). */
+  readonly trace?: MessageTrace;
 }
 
 export interface CommandResultIn {
@@ -146,13 +150,16 @@ function wrap<T>(validate: () => T): Validated<T> {
 }
 
 /**
- * A lifecycle body in any accepted format (plain virtbus object, oslo v2 envelope, oslo v1 message).
+ * A lifecycle body in any accepted format (plain virtbus object, which is also a binary-mode
+ * CloudEvent's body, oslo v2 envelope, oslo v1 message, structured CloudEvent).
  * @param nowUs the consumer's clock, for the future-skew bound.
+ * @param trace the message's trace context (src/tracing/consumer.ts), carried on the event.
  */
 export function validateLifecycle(
   body: Buffer,
   nowUs: number,
   maxFutureSkewMs: number,
+  trace?: MessageTrace,
 ): Validated<LifecycleEventIn> {
   return wrap(() => {
     let inner: unknown;
@@ -160,6 +167,7 @@ export function validateLifecycle(
       inner = unwrapLifecycleBody(parseJson(body));
     } catch (error) {
       if (error instanceof Invalid) throw error;
+      if (error instanceof CloudEventError) fail(error.message);
       fail(`oslo.message is not JSON: ${(error as Error).message}`);
     }
     const record = object(inner, 'the message');
@@ -248,6 +256,7 @@ export function validateLifecycle(
       snapshot,
       instanceUuids,
       libvirt,
+      trace, // the message's trace context, from its headers (issue 13)
     };
   });
 }

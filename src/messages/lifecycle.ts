@@ -7,6 +7,7 @@ import type { PowerStateCode } from '../libvirt/constants';
 import { NOVA_TRANSITION, type LibvirtCodes, type Transition } from '../libvirt/translate';
 import { powerStateName } from '../libvirt/power-state';
 import { isoMicros, osloTimestamp } from '../util/time';
+import { isStructuredCloudEvent, structuredCloudEventData } from './cloudevents';
 
 export const LIFECYCLE_SCHEMA = 'virtbus.lifecycle/1';
 export const LIFECYCLE_MESSAGE_TYPE = 'virtbus.lifecycle.v1';
@@ -155,8 +156,10 @@ export function osloEnvelope(message: LifecycleMessage, publishedMicros: number)
 }
 
 /**
- * Accepts a lifecycle body in either format and returns the inner object (not yet validated):
- * the oslo v2 envelope, the v1 un-enveloped notification, or the plain virtbus object.
+ * Accepts a lifecycle body in any format and returns the inner object (not yet validated): the oslo
+ * v2 envelope, the v1 un-enveloped notification, a structured CloudEvent (its data; throws a
+ * CloudEventError when its attributes contradict it), or the plain virtbus object (which is also
+ * the body of a binary-mode CloudEvent).
  */
 export function unwrapLifecycleBody(parsed: unknown): unknown {
   if (parsed === null || typeof parsed !== 'object') return parsed;
@@ -166,5 +169,6 @@ export function unwrapLifecycleBody(parsed: unknown): unknown {
     return inner !== null && typeof inner === 'object' && 'payload' in inner ? inner.payload : inner;
   }
   if ('event_type' in record && 'payload' in record) return record.payload;
+  if (isStructuredCloudEvent(record)) return structuredCloudEventData(record);
   return parsed;
 }

@@ -106,6 +106,17 @@ async function capture(): Promise<Captured[]> {
     await keeper.start(UUID); // started while the row says stopped: force_stop
     await sleep(2000);
     await bridge.stop();
+    // The CloudEvents formats: binary mode, then structured (issue 13).
+    bridge = startVirtbus('bridge', { ...env, VIRTBUS_AMQP_FORMAT: 'cloudevents' });
+    await bridge.waitForLog('the bridge', (l) => l.msg === 'publishing channel open');
+    await keeper.start(UUID);
+    await sleep(1500);
+    await bridge.stop();
+    bridge = startVirtbus('bridge', { ...env, VIRTBUS_AMQP_FORMAT: 'cloudevents-structured' });
+    await bridge.waitForLog('the bridge', (l) => l.msg === 'publishing channel open');
+    await keeper.start(UUID); // force-stopped by the consumer after the binary-mode start
+    await sleep(1500);
+    await bridge.stop();
     await consumer.stop();
     await model.close();
   } finally {
@@ -147,8 +158,26 @@ function find(got: Captured[], predicate: (m: Captured) => boolean, what: string
 }
 
 function render(got: Captured[]): string {
+  const isCloudEvent = (m: Captured): boolean =>
+    m.properties.contentType === 'application/cloudevents+json' ||
+    (m.properties.headers as Record<string, unknown> | undefined)?.['ce-specversion'] !== undefined;
   const lifecycle = got.filter(
-    (m) => m.exchange === 'virtbus.lifecycle' && !m.body.includes('"oslo.version"') && m.properties.type,
+    (m) =>
+      m.exchange === 'virtbus.lifecycle' &&
+      !m.body.includes('"oslo.version"') &&
+      m.properties.type &&
+      !isCloudEvent(m),
+  );
+  const binary = find(
+    got,
+    (m) =>
+      isCloudEvent(m) && m.properties.contentType === 'application/json' && m.routingKey.endsWith('.started'),
+    'binary CloudEvent',
+  );
+  const structured = find(
+    got,
+    (m) => m.properties.contentType === 'application/cloudevents+json' && m.routingKey.endsWith('.started'),
+    'structured CloudEvent',
   );
   const stopped = find(lifecycle, (m) => m.routingKey.endsWith('.stopped'), 'stopped');
   const paused = find(lifecycle, (m) => m.routingKey.endsWith('.paused'), 'paused');
@@ -192,7 +221,7 @@ know; a breaking change bumps \`schema\`.
 
 | exchange (type) | routing key | body | from → to |
 |---|---|---|---|
-| \`virtbus.lifecycle\` (topic, alternate exchange \`virtbus.unroutable\`) | \`<host-segment>.<transition>\` | \`virtbus.lifecycle/1\` (or its oslo envelope with \`amqp.format = oslo\`) | bridge → consumers, tail, anyone |
+| \`virtbus.lifecycle\` (topic, alternate exchange \`virtbus.unroutable\`) | \`<host-segment>.<transition>\` | \`virtbus.lifecycle/1\` (or, by \`amqp.format\`, its oslo envelope or a CloudEvent) | bridge → consumers, tail, anyone |
 | \`virtbus.commands\` (topic) | \`<host-segment>.stop\` | \`virtbus.command/1\` | consumer → that host's bridge |
 | \`virtbus.commands\` (topic) | \`<host-segment>.stop_result\` | \`virtbus.command-result/1\` | bridge → consumers |
 | \`nova\` (topic) | \`versioned_notifications.info\` | oslo.messaging v2 envelope, \`instance.update\` | consumer → notification pipelines |
@@ -230,11 +259,56 @@ connection).
 | \`instance_uuids\` | sync_end only: every domain in the snapshot (at most 100,000: a longer list is dead-lettered) |
 
 AMQP properties: persistent, \`content_type\` \`application/json\`, \`message_id\` = \`event_id\`,
-\`timestamp\`, \`app_id\` \`virtbus\`, \`type\` \`virtbus.lifecycle.v1\`; published on a confirm channel
-with \`mandatory\`.
+\`timestamp\`, \`app_id\` \`virtbus\`, \`type\` \`virtbus.lifecycle.v1\`, header \`traceparent\`
+(below); published on a confirm channel with \`mandatory\`.
+
+**Trace context.** Every lifecycle message carries a W3C \`traceparent\` header, in every format:
+\`00-<trace-id>-<parent-id>-<flags>\` where the trace-id is the \`event_id\` without its dashes (a
+version-4 UUID is 122 random bits, as W3C asks of a trace-id; derived rather than stored, it survives
+the outbox journal and a republish, and an event's trace is found by its id), the parent-id is the
+second half of those digits (the bridge's publish span) and the flags are \`01\` when the bridge
+exports spans (OTEL_EXPORTER_OTLP_ENDPOINT set), \`00\` otherwise. The consumer carries it onto the
+stop command and the \`instance.update\` notifications the message causes: unchanged when the consumer
+exports no spans, with its own span as parent-id when it does (docs/operations.md, Tracing). A
+command result, an expired command and anything else not caused by a lifecycle message carries
+none. A missing or invalid \`traceparent\` on a received message is ignored, never a reason to refuse it.
 
 ${block("A guest destroyed behind the system's back — `stopped`, held for the 2 s stop delay of this run:", stopped, pretty(stopped.body))}
 ${block("A `paused` event, its live `power_state` read at dispatch. Had the guest moved on before then (resumed, destroyed), the live state would say so and the consumer's staleness guard (Nova bug #1468431) would ignore the event, as Nova does:", paused, pretty(paused.body))}
+### CloudEvents (\`amqp.format = cloudevents\` or \`cloudevents-structured\`)
+
+For tools that speak [CloudEvents 1.0](https://github.com/cloudevents/spec), a bridge can publish
+each lifecycle message as a CloudEvent; the consumer reads every format whatever the bridges are set
+to (so hosts can be switched one at a time). The attributes are derived from the message:
+
+| attribute | value |
+|---|---|
+| \`id\` | \`event_id\` |
+| \`source\` | the host, \`urn:virtbus:host:<host>\` (the host name percent-encoded where a URI needs it) |
+| \`type\` | the transition, \`virtbus.lifecycle.<transition>\` (\`virtbus.lifecycle.stopped\`, \`….sync_end\`) |
+| \`subject\` | \`instance_uuid\` (absent in \`sync_end\`, which names no instance) |
+| \`time\` | \`occurred_at\` |
+| \`datacontenttype\` | \`application/json\`: the data is the \`virtbus.lifecycle/1\` object above, unchanged |
+| \`sequence\` (extension) | \`seq\` as a 16-digit zero-padded string, so text order is \`seq\` order |
+| \`bootid\` (extension) | \`boot_id\`: \`sequence\` counts per bridge process, so it orders events of one \`bootid\` only |
+
+**Binary mode** (\`cloudevents\`): the body is the lifecycle object itself, \`content_type\` is the
+datacontenttype, and every attribute is a header named \`ce-<attribute>\`. **AMQP 0-9-1 has no
+CloudEvents protocol binding** (the CloudEvents AMQP binding is for AMQP 1.0, whose application
+properties 0-9-1 does not have); virtbus follows the prefix of the HTTP and Kafka bindings, so an
+AMQP 0-9-1 reader hands the headers, with \`content-type\` = the message's \`content_type\`, and the
+body to any HTTP-binding reader (the tests read them with the \`cloudevents\` SDK's \`HTTP.toEvent\`).
+**Structured mode** (\`cloudevents-structured\`): the body is the JSON event format,
+\`content_type\` \`application/cloudevents+json\`, the lifecycle object in \`data\`; no \`ce-\` headers.
+Everything else (routing key, \`message_id\`, \`type\`, \`traceparent\`) is as for \`json\`.
+
+The consumer validates the data as it validates a plain message (same schema, same sender checks,
+which read \`host\` from the data) and dead-letters an event whose \`id\`, \`source\`, \`type\`,
+\`subject\` or \`sequence\` contradicts its data, or whose \`specversion\` is not \`1.0\`: a reader that
+trusts the attributes must not be told another story than the consumer acts on.
+
+${block('A `started` in binary mode (`ce-` headers; the body is the lifecycle object):', binary, pretty(binary.body))}
+${block('The same transition in structured mode:', structured, pretty(structured.body))}
 ### On a real hypervisor (QEMU 7.2, libvirt 9.0)
 
 The order of transitions a real host publishes, as captured by \`test/qemu/\` (docs/testing.md has
