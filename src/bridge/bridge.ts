@@ -21,9 +21,9 @@ import { EventPump } from './event-pump';
 import { createBridgeMetrics, type BridgeMetrics } from './metrics';
 import { MemoryOutbox, type Outbox } from './outbox';
 import { Publisher } from './publisher';
-import { lifecyclePublishHooks } from './publish-hooks'; // hook (issue 13)
-import type { LifecycleFormat } from '../messages/formats'; // hook (issue 13)
-import { activeTracing } from '../tracing/otel'; // hook (issue 13)
+import { lifecyclePublishHooks } from './publish-hooks';
+import type { LifecycleFormat } from '../messages/formats';
+import { activeTracing } from '../tracing/otel';
 
 export interface BridgeDependencies {
   readonly config: VirtbusConfig;
@@ -99,7 +99,7 @@ export class Bridge {
       host: config.host,
       bootId: this.bootId,
       exchange: config.amqp.exchange,
-      format: config.amqp.format as LifecycleFormat, // hook (issue 13)
+      format: config.amqp.format as LifecycleFormat,
       stopDelayMs: config.bridge.stopDelayMs,
       resyncIntervalSeconds: config.bridge.resyncIntervalSeconds,
       connection: () => this.#libvirt.connection,
@@ -121,7 +121,7 @@ export class Bridge {
         host: config.host,
         tracing: activeTracing(),
         logger: logger.child({ module: 'publisher' }),
-      }), // hook (issue 13)
+      }),
     });
     this.#pump = new EventPump(
       binding,

@@ -18,7 +18,7 @@ import {
   type LifecycleMessage,
   type SnapshotReason,
 } from '../messages/lifecycle';
-import { encodeLifecycleBody, type LifecycleFormat } from '../messages/formats'; // hook (issue 13)
+import { encodeLifecycleBody, type LifecycleFormat } from '../messages/formats';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
 import { Backoff } from '../util/backoff';
@@ -31,7 +31,7 @@ export interface DispatcherOptions {
   readonly host: string;
   readonly bootId: string;
   readonly exchange: string;
-  readonly format: LifecycleFormat; // hook (issue 13)
+  readonly format: LifecycleFormat;
   readonly stopDelayMs: number;
   /** bridge.resyncIntervalSeconds, carried in every snapshot message (consumers judge overdue hosts). */
   readonly resyncIntervalSeconds?: number;
@@ -470,7 +470,7 @@ export class Dispatcher {
       snapshot: fields.snapshot,
       instanceUuids: fields.instanceUuids,
     });
-    const body = encodeLifecycleBody(format, message, published); // hook (issue 13)
+    const body = encodeLifecycleBody(format, message, published);
     return {
       exchange,
       routingKey: lifecycleRoutingKey(host, fields.transition),

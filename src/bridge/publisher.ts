@@ -33,7 +33,7 @@ export interface PublisherOptions {
   readonly reopenInitialDelayMs?: number;
   readonly reopenMaxDelayMs?: number;
   /** Content type, headers (format, traceparent) and spans per record: publish-hooks.ts. */
-  readonly hooks?: PublishHooks; // hook (issue 13)
+  readonly hooks?: PublishHooks;
 }
 
 /** Confirms in a row on one channel after which the nack backoff starts again from its first step. */
@@ -227,8 +227,8 @@ export class Publisher {
   #publish(open: OpenChannel<ConfirmChannel>, record: OutboxRecord): boolean {
     open.cursor = record.id;
     open.inFlight += 1;
-    const wire = this.#options.hooks?.properties(record); // hook (issue 13)
-    this.#options.hooks?.published(record); // hook (issue 13)
+    const wire = this.#options.hooks?.properties(record);
+    this.#options.hooks?.published(record);
     return open.channel.publish(
       record.exchange,
       record.routingKey,
@@ -238,8 +238,8 @@ export class Publisher {
         mandatory: true,
         // The broker checks user_id equals this connection's user: consumers verify the sender by it.
         ...(this.#options.connection.user ? { userId: this.#options.connection.user } : {}),
-        contentType: wire?.contentType ?? 'application/json', // hook (issue 13)
-        ...(wire ? { headers: wire.headers } : {}), // hook (issue 13)
+        contentType: wire?.contentType ?? 'application/json',
+        ...(wire ? { headers: wire.headers } : {}),
         contentEncoding: 'utf-8',
         messageId: record.messageId,
         timestamp: Math.floor(Date.now() / 1000),
@@ -276,7 +276,7 @@ export class Publisher {
       return;
     }
     outbox.confirm(record.id);
-    this.#options.hooks?.confirmed(record); // hook (issue 13)
+    this.#options.hooks?.confirmed(record);
     // A streak of confirms (or an outbox caught up) ends the nack backoff.
     open.confirmStreak += 1;
     if (open.confirmStreak >= CONFIRM_STREAK_RESET || outbox.depth === 0) this.#nackStreak = 0;

@@ -3,7 +3,7 @@
  * graceful stop exits at once (code 1), for an operator who will not wait.
  */
 import type { Logger } from '../util/log';
-import { stopTracing } from '../tracing/otel'; // hook (issue 13)
+import { stopTracing } from '../tracing/otel';
 
 export async function runUntilSignal(
   logger: Logger,
@@ -28,7 +28,7 @@ export async function runUntilSignal(
     const signal = await received;
     logger.info({ signal }, 'shutting down');
     await stop();
-    await stopTracing(); // hook (issue 13): export the last spans
+    await stopTracing(); // export the last spans
     return 0;
   } finally {
     process.off('SIGTERM', onSignal);

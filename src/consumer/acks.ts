@@ -6,7 +6,7 @@
  */
 import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import type { ProcessedInfo } from './service';
-import { finishMessageTraces } from '../tracing/consumer'; // hook (issue 13)
+import { finishMessageTraces } from '../tracing/consumer';
 
 /** The channels of one broker connection (one generation): consuming, publishing, depth polling. */
 export interface Channels {
@@ -115,7 +115,7 @@ export class Acks {
   }
 
   #acked(done: readonly Delivery[]): void {
-    finishMessageTraces(done); // hook (issue 13): the consumer's spans end at the ack
+    finishMessageTraces(done); // the consumer's spans end at the ack
     this.acked(done);
   }
 

@@ -91,7 +91,7 @@ export class ComputeManager {
     const uuid = event.instanceUuid as string;
     return {
       uuid,
-      trace: event.trace, // hook (issue 13)
+      trace: event.trace,
       decide: (row) => this.#lifecycle(event, row, uuid, vmPowerState, periodic),
     };
   }
@@ -106,7 +106,7 @@ export class ComputeManager {
     const { metrics } = this.#options;
     return {
       uuid,
-      trace: event.trace, // hook (issue 13)
+      trace: event.trace,
       decide: (row) => {
         // Gone from this host, deleted, or changed since the snapshot was taken: it says nothing of it.
         if (

@@ -10,8 +10,8 @@ import { deliveryOrigin } from './dead-letters-origin';
 import type { ConsumerMetrics } from './metrics';
 import { verifySender, type SenderPolicy } from './senders';
 import { validateCommandResult, validateLifecycle } from './validate';
-import { binaryCloudEventMismatch } from '../messages/cloudevents'; // hook (issue 13)
-import { startMessageTrace } from '../tracing/consumer'; // hook (issue 13)
+import { binaryCloudEventMismatch } from '../messages/cloudevents';
+import { startMessageTrace } from '../tracing/consumer';
 
 export interface IntakeSettings {
   readonly maxMessageBytes: number;
@@ -51,7 +51,7 @@ function read(
   settings: IntakeSettings,
   metrics: Pick<ConsumerMetrics, 'oversized' | 'senderRejections'>,
 ): WorkItem | Rejected {
-  const trace = queue === 'lifecycle' ? startMessageTrace(message) : undefined; // hook (issue 13)
+  const trace = queue === 'lifecycle' ? startMessageTrace(message) : undefined;
   if (message.content.length > settings.maxMessageBytes) {
     metrics.oversized.inc();
     return {
@@ -62,7 +62,7 @@ function read(
   let item: WorkItem;
   let host: string;
   if (queue === 'lifecycle') {
-    const validated = validateLifecycle(message.content, nowUs, settings.maxFutureSkewMs, trace); // hook (issue 13)
+    const validated = validateLifecycle(message.content, nowUs, settings.maxFutureSkewMs, trace);
     if (!validated.ok) return validated;
     // A binary-mode CloudEvent's ce- headers must say what its body says (issue 13).
     const mismatch = binaryCloudEventMismatch(message.properties.headers, validated.value);

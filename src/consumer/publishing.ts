@@ -138,7 +138,7 @@ export function commandMessage(
       type: command.schema,
       timestamp: Math.floor(Date.now() / 1000),
       expiration: String(ttlMs),
-      ...traceHeaders(), // hook (issue 13): the traceparent of the message that caused the command
+      ...traceHeaders(), // the traceparent of the message that caused the command
     },
   };
 }

@@ -9,7 +9,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { InstanceRow, InstanceStore, RowWrite } from '../store/types';
 import type { ConsumerMetrics, MessageOutcome } from './metrics';
-import { effectsWithTrace, type MessageTrace } from '../tracing/consumer'; // hook (issue 13)
+import { effectsWithTrace, type MessageTrace } from '../tracing/consumer';
 
 /**
  * Runs one store call; the consumer passes a runner that waits out database outages and retries the
@@ -47,7 +47,7 @@ export interface Decision<O extends string = MessageOutcome> {
 export interface Task<O extends string = MessageOutcome> {
   readonly uuid: string;
   /** The message's trace: its effects' publishes carry it (src/tracing/consumer.ts). */
-  readonly trace?: MessageTrace; // hook (issue 13)
+  readonly trace?: MessageTrace;
   decide(row: InstanceRow | undefined): Decision<O>;
 }
 
@@ -156,7 +156,7 @@ export async function runRounds<O extends string>(
             ok: true,
             decision,
             published: effectsWithTrace((tasks[index] as Task<O>).trace, decision.effects),
-          }; // hook (issue 13)
+          };
     }
     if (lost.size > 0) metrics.casRetries.inc(lost.size);
     pending = retry;

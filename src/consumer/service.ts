@@ -52,7 +52,7 @@ import type { ConsumerMetrics, MessageOutcome } from './metrics';
 import { readDelivery } from './intake';
 import { publishCommand, publishConfirmed } from './publishing';
 import { pollQueueDepth } from './queue-depth';
-import { traceHeaders } from '../tracing/consumer'; // hook (issue 13)
+import { traceHeaders } from '../tracing/consumer';
 import type { SenderPolicy } from './senders';
 import { Subscription } from './subscription';
 import type { ConsumerTopologySettings } from './topology';
@@ -166,7 +166,7 @@ export class ConsumerService extends EventEmitter<ServiceEvents> {
           messageId: publishOptions.messageId,
           contentType: 'application/json',
           contentEncoding: 'utf-8',
-          ...traceHeaders(), // hook (issue 13): the traceparent of the message that caused it
+          ...traceHeaders(), // the traceparent of the message that caused it
         }),
       count: (outcome) => this.#metrics.notifications.inc({ outcome }),
       logger: this.#logger.child({ module: 'notifier' }),
