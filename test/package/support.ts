@@ -19,7 +19,7 @@ export const REPO = resolve(__dirname, '..', '..', '..');
 export function scratchDir(prefix: string): string {
   const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
   const dir = mkdtempSync(join(base, prefix));
-  onTeardown(async () => rmSync(dir, { recursive: true, force: true }));
+  onTeardown(() => Promise.resolve(rmSync(dir, { recursive: true, force: true })));
   return dir;
 }
 
