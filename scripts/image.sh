@@ -61,14 +61,15 @@ install_virtbus() {
 }
 # The base's apt lists may be older than the mirror: update once when the install cannot fetch.
 install_virtbus || { apt-get update -q && install_virtbus; }
-apt-get clean
+# No apt-get clean: /var/cache/apt/archives is the shared cache mounted by chroot.sh (it does not
+# end up in the image), and cleaning it would make the next build download everything again.
 rm -rf /var/lib/apt/lists/* /tmp/virtbus.deb /tmp/install.sh /var/log/apt /var/log/dpkg.log \
   /var/cache/debconf/*-old /var/lib/dpkg/*-old
 # The working directory (relative defaults such as ./data/outbox land here; pods mount volumes).
 install -d -o virtbus -g virtbus -m 0750 /var/lib/virtbus
 : >/etc/resolv.conf
 EOF
-# apt's archives must not end up in the image: the chroot sees the shared cache instead.
+# apt's archives never end up in the image: the chroot sees the shared cache mounted over them.
 bash packaging/chroot.sh "$rootfs" /bin/sh /tmp/install.sh >"$work/install.log" 2>&1 || {
   cat "$work/install.log" >&2
   echo "image: installing the package into the image root failed" >&2
