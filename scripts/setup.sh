@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(libvirt-dev libvirt-daemon libvirt-clients pkg-config rabbitmq-server postgresql prometheus openssl systemd
   util-linux make g++ python3
   qemu-system-x86 libvirt-daemon-driver-qemu busybox-static cpio
-  python3-nova python3-oslo.messaging)
+  python3-nova python3-oslo.messaging
+  dpkg-dev mmdebstrap podman buildah skopeo umoci uidmap)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -10,7 +10,18 @@ import { join } from 'node:path';
 import { startPostgres, startRabbitMQ } from '../src/sandbox';
 import { SHARED_POSTGRES_ENV, SHARED_RABBIT_ENV, type SharedRabbit } from './support/services';
 
-const SUITES = ['unit', 'native', 'integration', 'consumer', 'e2e', 'faults', 'ops', 'security', 'qemu'];
+const SUITES = [
+  'unit',
+  'native',
+  'integration',
+  'consumer',
+  'e2e',
+  'faults',
+  'ops',
+  'security',
+  'qemu',
+  'package',
+];
 
 async function main(): Promise<number> {
   const args = process.argv.slice(2);
