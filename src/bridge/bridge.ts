@@ -117,6 +117,7 @@ export class Bridge {
       binding,
       {
         events: (batch) => this.#dispatcher.handleEvents(batch),
+        room: () => this.#dispatcher.hasRoom,
         close: (event) => this.#libvirt.handleClose(event),
         overflow: () => void this.#dispatcher.snapshot('overflow'),
       },

@@ -5,27 +5,27 @@
  * released delayed stops and snapshots — runs through one serial lane, so messages enter the outbox
  * (and reach the wire) in the order they were dispatched. A snapshot never describes a domain whose
  * STOPPED is being held in a `sync` (that would bypass the delay: docs/architecture.md).
+ *
+ * Intake is decoupled from the lane: handleEvents() accepts a batch synchronously (translation and
+ * every hold/cancel decision) and the event pump goes on draining without waiting for the lane, which
+ * takes everything accepted meanwhile as one batch — one state query and one journal commit however
+ * large. So neither live-state sampling nor the journal's commits nor the broker bound how fast the
+ * native queue is emptied; only CPU does (docs/architecture.md, "Intake first").
  */
 import { randomUUID } from 'node:crypto';
 import type { DomainInfo, RawDomainEvent, NativeConnection } from '../native/contract';
 import { translate, NOVA_TRANSITION, type LibvirtCodes, type Transition } from '../libvirt/translate';
 import { powerStateOf } from '../libvirt/power-state';
 import { DomainStateCode, PowerState, nameOrNumber } from '../libvirt/constants';
-import {
-  buildLifecycleMessage,
-  lifecycleRoutingKey,
-  osloEnvelope,
-  LIFECYCLE_MESSAGE_TYPE,
-  type LifecycleMessage,
-  type SnapshotReason,
-} from '../messages/lifecycle';
+import type { SnapshotReason } from '../messages/lifecycle';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
 import { Backoff } from '../util/backoff';
 import { DelayedStops, type TimerApi } from './delayed-stops';
 import type { Outbox, OutboxInput } from './outbox';
 import type { BridgeMetrics } from './metrics';
-import { migratedTransition, samplePowerStates } from './state-sampler';
+import { lifecycleInput, type LifecycleFields } from './lifecycle-input';
+import { migratedTransitions, samplePowerStates } from './state-sampler';
 
 export interface DispatcherOptions {
   readonly host: string;
@@ -61,6 +61,11 @@ interface Ready {
 
 const STATE_NAMES = Object.keys(DomainStateCode);
 
+/** Most events one lane task samples, builds and appends (bounds the transient message memory). */
+export const LANE_BATCH = 16384;
+/** Accepted events not yet in the outbox above which intake waits for the lane (see hasRoom). */
+export const INTAKE_LIMIT = 4 * LANE_BATCH;
+
 /**
  * Last events after which a listed off state (power_state SHUTDOWN or CRASHED) is explained. After
  * any other (a STARTED, a RESUMED, a guest SHUTDOWN or CRASHED that a STOPPED follows…) an off state
@@ -88,6 +93,8 @@ export class Dispatcher {
   readonly #snapshotRetry = new Backoff(1000, 30000);
   #seq = 0;
   #stopped = false;
+  /** Events the running lane task took from #pending and has not yet appended. */
+  #inLane = 0;
 
   constructor(options: DispatcherOptions) {
     this.#options = options;
@@ -115,6 +122,20 @@ export class Dispatcher {
 
   get delayedStopsPending(): number {
     return this.#delayed.size;
+  }
+
+  /** Events accepted and not yet in the outbox (held STOPPED events excluded). */
+  get intakeBacklog(): number {
+    return this.#pending.length + this.#inLane;
+  }
+
+  /**
+   * Whether intake may hand over more without waiting for the lane: true until INTAKE_LIMIT events
+   * wait for the outbox, which happens only when the outbox itself waits (full) or the JS thread
+   * cannot keep up. Then the event pump waits and the native queue takes the overflow.
+   */
+  get hasRoom(): boolean {
+    return this.intakeBacklog < INTAKE_LIMIT;
   }
 
   /** Dispatches one drained batch; resolves when its messages are in the outbox. */
@@ -182,11 +203,23 @@ export class Dispatcher {
     return this.#enqueue(() => this.#publishPending());
   }
 
-  /** Lane task: publishes everything accepted so far (a later task may find nothing left: fine). */
-  #publishPending(): Promise<void> {
-    const batch = this.#pending;
-    this.#pending = [];
-    return batch.length === 0 ? Promise.resolve() : this.#publishReady(batch);
+  /**
+   * Lane task: publishes what was accepted so far, up to LANE_BATCH (a later task may find nothing
+   * left: fine). However many events wait, they cost one state query and one journal commit, so the
+   * lane's rate grows with its backlog and sampling cannot become intake's bottleneck.
+   */
+  async #publishPending(): Promise<void> {
+    if (this.#pending.length === 0) return;
+    const batch = this.#pending.length <= LANE_BATCH ? this.#pending : this.#pending.splice(0, LANE_BATCH);
+    if (batch === this.#pending) this.#pending = [];
+    this.#inLane = batch.length;
+    try {
+      await this.#publishReady(batch);
+    } finally {
+      this.#inLane = 0;
+      // What a capped batch left behind gets a task of its own (the pump's usually came first).
+      if (this.#pending.length > 0) void this.#enqueuePending();
+    }
   }
 
   /**
@@ -389,7 +422,11 @@ export class Dispatcher {
       }
     }
     await this.#enqueuePending();
-    await this.#lane;
+    // A capped lane batch queues its remainder behind itself: wait until the lane stops growing.
+    for (let lane = this.#lane; ; lane = this.#lane) {
+      await lane;
+      if (lane === this.#lane) break;
+    }
   }
 
   #enqueue(task: () => Promise<void>): Promise<void> {
@@ -403,12 +440,18 @@ export class Dispatcher {
   async #publishReady(items: readonly Ready[]): Promise<void> {
     const connection = this.#options.connection();
     const resolved: Ready[] = [];
+    // SUSPENDED/MIGRATED events' job checks, all at once (rare; each is its own thread-pool job).
+    const jobChecks = await migratedTransitions(
+      connection,
+      items.filter((item) => item.delayedMs === -1).map((item) => item.uuid),
+    );
+    let jobCheck = 0;
     for (const item of items) {
       if (item.delayedMs !== -1) {
         resolved.push(item);
         continue;
       }
-      const transition = await migratedTransition(connection, item.uuid);
+      const transition = jobChecks[jobCheck++] ?? null;
       if (transition === null) {
         // Nova's callback raises out of its job query and queues nothing: neither do we.
         this.#options.logger.warn(
@@ -435,45 +478,8 @@ export class Dispatcher {
     await this.#options.outbox.append(messages);
   }
 
-  #message(fields: {
-    instanceUuid: string | null;
-    domainName: string | null;
-    transition: Transition;
-    libvirt: LibvirtCodes | null;
-    powerState: ReturnType<typeof powerStateOf> | null;
-    occurredMicros: number;
-    delayedMs: number;
-    snapshot?: LifecycleMessage['snapshot'];
-    instanceUuids?: readonly string[];
-  }): OutboxInput {
-    const { host, bootId, exchange, format } = this.#options;
-    const published = nowMicros();
+  #message(fields: LifecycleFields): OutboxInput {
     this.#seq += 1;
-    // Every field spelled out (no spread): this runs once per event.
-    const message = buildLifecycleMessage({
-      host,
-      bootId,
-      seq: this.#seq,
-      publishedMicros: published,
-      instanceUuid: fields.instanceUuid,
-      domainName: fields.domainName,
-      transition: fields.transition,
-      libvirt: fields.libvirt,
-      powerState: fields.powerState,
-      occurredMicros: fields.occurredMicros,
-      delayedMs: fields.delayedMs,
-      snapshot: fields.snapshot,
-      instanceUuids: fields.instanceUuids,
-    });
-    const body = format === 'oslo' ? osloEnvelope(message, published) : message;
-    return {
-      exchange,
-      routingKey: lifecycleRoutingKey(host, fields.transition),
-      messageId: message.event_id,
-      type: LIFECYCLE_MESSAGE_TYPE,
-      occurredMicros: fields.occurredMicros,
-      transition: fields.transition,
-      body: Buffer.from(JSON.stringify(body)),
-    };
+    return lifecycleInput(this.#options, this.#seq, fields);
   }
 }
