@@ -20,9 +20,10 @@ import type { BridgeRunResult } from './workers/bridge';
 
 const DOMAINS = 50;
 /** Client processes × concurrent suspend/resume loops each (VIRTBUS_BENCH_OVERLOAD_DRIVERS=PxW). */
-const [DRIVERS, WORKERS] = (process.env.VIRTBUS_BENCH_OVERLOAD_DRIVERS ?? '4x5')
-  .split('x')
-  .map(Number) as [number, number];
+const [DRIVERS, WORKERS] = (process.env.VIRTBUS_BENCH_OVERLOAD_DRIVERS ?? '4x5').split('x').map(Number) as [
+  number,
+  number,
+];
 const DEFAULT_QUEUE_CAPACITY = schema.bridge.queueCapacity.default;
 /**
  * Synthetic events/s added on top of the drivers (VIRTBUS_BENCH_OVERLOAD_INJECT), dropping like
@@ -117,8 +118,7 @@ async function overloadRun(
     await bridge.call('start', { amqpUrl: url, libvirtUri, env: { VIRTBUS_COMMANDS_ENABLED: 'false' } });
     const before = await bridge.call<IntakeCounters>('intake');
     await bridge.call('begin', { events, latency: false });
-    if (injectRate > 0)
-      await bridge.call('startDroppingInjector', { rate: injectRate, domains: DOMAINS });
+    if (injectRate > 0) await bridge.call('startDroppingInjector', { rate: injectRate, domains: DOMAINS });
     const driven = await drive(drivers, libvirtUri, uuids, events);
     const injected =
       injectRate > 0
@@ -190,14 +190,22 @@ function figures(name: string, runs: readonly OverloadRun[]): Figure[] {
       value: max((r) => r.queueHighWater),
       unit: `of ${DEFAULT_QUEUE_CAPACITY}`,
     },
-    { label: `${name}: journal backlog peak (worst run)`, value: max((r) => r.journalPeak), unit: 'messages' },
+    {
+      label: `${name}: journal backlog peak (worst run)`,
+      value: max((r) => r.journalPeak),
+      unit: 'messages',
+    },
     {
       label: `${name}: broker confirms meanwhile (best run)`,
       value: max((r) => r.publishRate),
       unit: 'msg/s',
       vsCeiling: true,
     },
-    { label: `${name}: journal drained after load stops (worst run)`, value: max((r) => r.drainSeconds), unit: 's' },
+    {
+      label: `${name}: journal drained after load stops (worst run)`,
+      value: max((r) => r.drainSeconds),
+      unit: 's',
+    },
   ];
 }
 

@@ -254,7 +254,10 @@ serve({
    * outbox now (bench/overload.ts).
    */
   async intake() {
-    const sum = async (metric: { get(): Promise<{ values: Array<{ value: number; labels: Record<string, unknown> }> }> }, reason?: string) =>
+    const sum = async (
+      metric: { get(): Promise<{ values: Array<{ value: number; labels: Record<string, unknown> }> }> },
+      reason?: string,
+    ) =>
       (await metric.get()).values
         .filter((v) => reason === undefined || v.labels.reason === reason)
         .reduce((total, v) => total + v.value, 0);

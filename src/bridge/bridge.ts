@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { CommandExecutor } from './commands';
 import { Dispatcher } from './dispatcher';
 import { EventPump } from './event-pump';
+import { IntakeFirstOutbox } from './intake-first';
 import { createBridgeMetrics, type BridgeMetrics } from './metrics';
 import { MemoryOutbox, type Outbox } from './outbox';
 import { Publisher } from './publisher';
@@ -106,7 +107,12 @@ export class Bridge {
     });
     this.#publisher = new Publisher({
       connection: this.#amqp,
-      outbox: this.#outbox,
+      // Publishing yields to intake while intake is behind (docs/architecture.md, "Intake first").
+      outbox: new IntakeFirstOutbox(this.#outbox, {
+        nativeDepth: () => binding.queueStats().depth,
+        backlog: () => this.#dispatcher.intakeBacklog,
+        appendStalled: () => this.#dispatcher.appendStalled,
+      }),
       topology: bridgeLifecycleTopology(config),
       declareTopology: config.bridge.declareTopology,
       maxInFlight: config.amqp.maxInFlight,

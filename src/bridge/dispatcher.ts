@@ -16,7 +16,7 @@ import { randomUUID } from 'node:crypto';
 import type { DomainInfo, RawDomainEvent, NativeConnection } from '../native/contract';
 import { translate, NOVA_TRANSITION, type LibvirtCodes, type Transition } from '../libvirt/translate';
 import { powerStateOf } from '../libvirt/power-state';
-import { DomainStateCode, PowerState, nameOrNumber } from '../libvirt/constants';
+import { DomainStateCode, nameOrNumber } from '../libvirt/constants';
 import type { SnapshotReason } from '../messages/lifecycle';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
@@ -25,6 +25,7 @@ import { DelayedStops, type TimerApi } from './delayed-stops';
 import type { Outbox, OutboxInput } from './outbox';
 import type { BridgeMetrics } from './metrics';
 import { lifecycleInput, type LifecycleFields } from './lifecycle-input';
+import { OffStates } from './off-states';
 import { migratedTransitions, samplePowerStates } from './state-sampler';
 
 export interface DispatcherOptions {
@@ -65,13 +66,8 @@ const STATE_NAMES = Object.keys(DomainStateCode);
 export const LANE_BATCH = 16384;
 /** Accepted events not yet in the outbox above which intake waits for the lane (see hasRoom). */
 export const INTAKE_LIMIT = 4 * LANE_BATCH;
-
-/**
- * Last events after which a listed off state (power_state SHUTDOWN or CRASHED) is explained. After
- * any other (a STARTED, a RESUMED, a guest SHUTDOWN or CRASHED that a STOPPED follows…) an off state
- * means a STOPPED is on its way that the bridge has not seen yet.
- */
-const EXPLAINS_OFF: ReadonlySet<Transition> = new Set<Transition>(['stopped', 'defined', 'undefined']);
+/** An append pending longer than this waits for room, not for a commit (ms). */
+const APPEND_STALL_MS = 50;
 
 export class Dispatcher {
   readonly #options: DispatcherOptions;
@@ -85,19 +81,20 @@ export class Dispatcher {
    * became held since. Those are withheld from the snapshot's `sync` messages.
    */
   #heldDuringListing: Set<string> | undefined;
-  /** The last transition accepted per domain since the last start/reconnect/overflow snapshot. */
-  readonly #lastEvent = new Map<string, Transition>();
-  /** When a snapshot first listed a domain off although its last event says it is not (ms). */
-  readonly #unexplainedOffSince = new Map<string, number>();
+  /** Each domain's last accepted transition, and the off states it does not explain. */
+  readonly #offStates: OffStates;
   readonly #snapshotsQueued = new Map<SnapshotReason, Promise<void>>();
   readonly #snapshotRetry = new Backoff(1000, 30000);
   #seq = 0;
   #stopped = false;
   /** Events the running lane task took from #pending and has not yet appended. */
   #inLane = 0;
+  /** When the lane's pending outbox.append() began (ms), if one is pending. */
+  #appendingSince: number | undefined;
 
   constructor(options: DispatcherOptions) {
     this.#options = options;
+    this.#offStates = new OffStates(options.stopDelayMs, options.now ?? Date.now, options.logger);
     this.#delayed = new DelayedStops<Ready>(
       options.stopDelayMs,
       (held, heldMs, followers) => {
@@ -136,6 +133,15 @@ export class Dispatcher {
    */
   get hasRoom(): boolean {
     return this.intakeBacklog < INTAKE_LIMIT;
+  }
+
+  /**
+   * The lane has waited for the outbox longer than a commit takes: the outbox is full (or its disk
+   * slow), and only confirms make room — publishing must not yield to intake then (intake-first.ts).
+   */
+  get appendStalled(): boolean {
+    const since = this.#appendingSince;
+    return since !== undefined && (this.#options.now ?? Date.now)() - since > APPEND_STALL_MS;
   }
 
   /** Dispatches one drained batch; resolves when its messages are in the outbox. */
@@ -186,7 +192,7 @@ export class Dispatcher {
         occurredMicros: event.wallMicros,
         delayedMs: translation.kind === 'needs-job-check' ? -1 : 0, // -1 marks "decide by job stats"
       };
-      this.#lastEvent.set(event.uuid, item.transition);
+      this.#offStates.noteEvent(event.uuid, item.transition);
       if (item.transition === 'stopped' && stopDelayMs > 0 && !this.#stopped) {
         this.#delayed.hold(event.uuid, item);
         this.#heldDuringListing?.add(event.uuid);
@@ -265,11 +271,10 @@ export class Dispatcher {
     const takenMicros = nowMicros();
     // After a reconnect or an overflow events were lost: what the last ones said proves nothing.
     if (reason !== 'periodic') {
-      this.#lastEvent.clear();
-      this.#unexplainedOffSince.clear();
+      this.#offStates.forget();
     }
     const { domains, withheld: held } = await this.#listDomains(connection);
-    const withheld = new Set([...held, ...this.#unexplainedOff(domains, held)]);
+    const withheld = new Set([...held, ...this.#offStates.unexplained(domains, held)]);
     const described = domains.filter((domain) => !withheld.has(domain.uuid));
     const snapshot = {
       id: randomUUID(),
@@ -308,7 +313,7 @@ export class Dispatcher {
         instanceUuids: domains.map((domain) => domain.uuid),
       }),
     );
-    await this.#options.outbox.append(messages);
+    await this.#append(messages);
     this.#options.metrics.resyncs.inc({ reason });
     this.#options.logger.info(
       {
@@ -319,52 +324,6 @@ export class Dispatcher {
       },
       'snapshot published',
     );
-  }
-
-  /**
-   * The listed domains that are off (power_state SHUTDOWN or CRASHED) although the last event this
-   * bridge accepted for them says otherwise: libvirt shows a domain's new state before it emits the
-   * event (QEMU's destroy sets SHUTOFF, then queues STOPPED when the call ends), so a listing can
-   * meet an off state whose STOPPED is still on its way — inside a hard reboot, the very window the
-   * delay exists for. Such a domain is withheld like a held one, for at most the stop delay from the
-   * first snapshot that saw it: a STOPPED that has not come by then is not coming (it would be held
-   * and withheld itself), and the off state is reported. A domain in libvirt's transient SHUTDOWN
-   * state is withheld so, bounded the same way, even when no event is known for it.
-   */
-  #unexplainedOff(domains: readonly DomainInfo[], held: ReadonlySet<string>): Set<string> {
-    const now = (this.#options.now ?? Date.now)();
-    const withhold = new Set<string>();
-    const listed = new Set<string>();
-    for (const domain of domains) {
-      listed.add(domain.uuid);
-      const power = powerStateOf(domain.state);
-      const last = this.#lastEvent.get(domain.uuid);
-      // libvirt's SHUTDOWN state ("being shut down": QEMU got SIGTERM from a destroy, or the guest
-      // powered off and the process is exiting) always ends in SHUTOFF and a STOPPED, whatever the
-      // last events said or whether they are known at all (start, reconnect, overflow snapshots).
-      const goingOff = domain.state === DomainStateCode.SHUTDOWN;
-      if (
-        held.has(domain.uuid) ||
-        (power !== PowerState.SHUTDOWN && power !== PowerState.CRASHED) ||
-        (!goingOff && (last === undefined || EXPLAINS_OFF.has(last)))
-      ) {
-        this.#unexplainedOffSince.delete(domain.uuid);
-        continue;
-      }
-      const since = this.#unexplainedOffSince.get(domain.uuid) ?? now;
-      this.#unexplainedOffSince.set(domain.uuid, since);
-      if (now - since < this.#options.stopDelayMs) withhold.add(domain.uuid);
-      else
-        this.#options.logger.warn(
-          { uuid: domain.uuid, name: domain.name, last, offForMs: now - since },
-          'a domain is off with no STOPPED seen for it; the snapshot reports it',
-        );
-    }
-    // Domains that are gone take their history with them: the maps stay as small as the host.
-    for (const uuid of this.#lastEvent.keys()) if (!listed.has(uuid)) this.#lastEvent.delete(uuid);
-    for (const uuid of this.#unexplainedOffSince.keys())
-      if (!listed.has(uuid)) this.#unexplainedOffSince.delete(uuid);
-    return withhold;
   }
 
   /**
@@ -475,7 +434,17 @@ export class Dispatcher {
         delayedMs: item.delayedMs,
       }),
     );
-    await this.#options.outbox.append(messages);
+    await this.#append(messages);
+  }
+
+  /** outbox.append, remembering since when the lane waits for it (appendStalled). */
+  async #append(messages: readonly OutboxInput[]): Promise<void> {
+    this.#appendingSince = (this.#options.now ?? Date.now)();
+    try {
+      await this.#options.outbox.append(messages);
+    } finally {
+      this.#appendingSince = undefined;
+    }
   }
 
   #message(fields: LifecycleFields): OutboxInput {
