@@ -123,7 +123,7 @@ export class Bridge {
       binding,
       {
         events: (batch) => this.#dispatcher.handleEvents(batch),
-        room: () => this.#dispatcher.hasRoom,
+        room: () => this.#dispatcher.whenRoom(),
         close: (event) => this.#libvirt.handleClose(event),
         overflow: () => void this.#dispatcher.snapshot('overflow'),
       },

@@ -89,6 +89,8 @@ export class Dispatcher {
   #stopped = false;
   /** Events the running lane task took from #pending and has not yet appended. */
   #inLane = 0;
+  /** Intake waiting for room (whenRoom). */
+  #roomWaiters: Array<() => void> = [];
   /** When the lane's pending outbox.append() began (ms), if one is pending. */
   #appendingSince: number | undefined;
 
@@ -133,6 +135,12 @@ export class Dispatcher {
    */
   get hasRoom(): boolean {
     return this.intakeBacklog < INTAKE_LIMIT;
+  }
+
+  /** undefined while hasRoom; otherwise resolves once the lane has made room again. */
+  whenRoom(): Promise<void> | undefined {
+    if (this.hasRoom) return undefined;
+    return new Promise<void>((resolve) => this.#roomWaiters.push(resolve));
   }
 
   /**
@@ -223,6 +231,11 @@ export class Dispatcher {
       await this.#publishReady(batch);
     } finally {
       this.#inLane = 0;
+      if (this.#roomWaiters.length > 0 && this.hasRoom) {
+        const waiters = this.#roomWaiters;
+        this.#roomWaiters = [];
+        for (const wake of waiters) wake();
+      }
       // What a capped batch left behind gets a task of its own (the pump's usually came first).
       if (this.#pending.length > 0) void this.#enqueuePending();
     }

@@ -18,8 +18,11 @@ export interface EventPumpTargets {
    * batch is handed over at once while room() says so.
    */
   events(batch: readonly RawDomainEvent[]): Promise<void>;
-  /** Whether more can be handed over before the earlier batches are dispatched. Default: never. */
-  room?(): boolean;
+  /**
+   * undefined when more can be handed over before the earlier batches are dispatched; otherwise a
+   * promise of room. Without it the pump waits for each batch's dispatch.
+   */
+  room?(): Promise<void> | undefined;
   close(event: RawCloseEvent): void;
   overflow(dropped: number): void;
 }
@@ -109,7 +112,8 @@ export class EventPump {
           if (events.length > 0) {
             this.#dispatched = this.targets.events(events);
             // Intake does not wait for sampling, the journal or the broker while the target has room.
-            if (!(this.targets.room?.() ?? false)) await this.#dispatched;
+            const room = this.targets.room ? this.targets.room() : this.#dispatched;
+            if (room) await room;
           }
           drainedSinceDrop += events.length;
           if (
