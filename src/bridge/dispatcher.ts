@@ -64,6 +64,8 @@ const STATE_NAMES = Object.keys(DomainStateCode);
 
 /** Most events one lane task samples, builds and appends (bounds the transient message memory). */
 export const LANE_BATCH = 16384;
+/** Messages built between two yields to the event loop (the pump drains in between). */
+const BUILD_SLICE = 1024;
 /** Accepted events not yet in the outbox above which intake waits for the lane (see hasRoom). */
 export const INTAKE_LIMIT = 4 * LANE_BATCH;
 /** An append pending longer than this waits for room, not for a commit (ms). */
@@ -436,17 +438,22 @@ export class Dispatcher {
     }
     if (resolved.length === 0) return;
     const states = await samplePowerStates(connection, [...new Set(resolved.map((item) => item.uuid))]);
-    const messages = resolved.map((item) =>
-      this.#message({
-        instanceUuid: item.uuid,
-        domainName: item.name,
-        transition: item.transition,
-        libvirt: item.libvirt,
-        powerState: states.get(item.uuid) ?? null,
-        occurredMicros: item.occurredMicros,
-        delayedMs: item.delayedMs,
-      }),
-    );
+    const messages: OutboxInput[] = [];
+    for (const item of resolved) {
+      // Building a large batch takes a while: let the event pump drain in between (intake first).
+      if (messages.length > 0 && messages.length % BUILD_SLICE === 0) await new Promise(setImmediate);
+      messages.push(
+        this.#message({
+          instanceUuid: item.uuid,
+          domainName: item.name,
+          transition: item.transition,
+          libvirt: item.libvirt,
+          powerState: states.get(item.uuid) ?? null,
+          occurredMicros: item.occurredMicros,
+          delayedMs: item.delayedMs,
+        }),
+      );
+    }
     await this.#append(messages);
   }
 

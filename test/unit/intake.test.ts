@@ -213,6 +213,7 @@ describe('intake: the lane batches what was accepted', () => {
     assert.ok(room, 'at the limit: a promise of room');
     let roomy = false;
     void room.then(() => (roomy = true));
+    while (outbox.appends === 0) await sleep(5); // the lane built its first batch and appends it
     await sleep(80);
     assert.equal(roomy, false, 'no room while the outbox holds the lane');
     assert.equal(dispatcher.appendStalled, true, 'an append pending past a commit time is a stall');
