@@ -56,6 +56,8 @@ export interface OverloadRun {
   driven: number;
   driveSeconds: number;
   drivenRate: number;
+  /** Driver operations that failed (no event). */
+  driveErrors: number;
   /** Synthetic events injected on top, dropping when the queue is full as libvirt's callbacks do. */
   injected: number;
   /** Driven + injected events per second of driving. */
@@ -150,6 +152,7 @@ async function overloadRun(
       driven: driven.events,
       driveSeconds: round(driven.seconds, 2),
       drivenRate: round(driven.rate),
+      driveErrors: driven.errors,
       injected: injected.injected,
       totalRate: round((driven.events + injected.injected) / driven.seconds),
       received: after.received - before.received,
@@ -164,6 +167,9 @@ async function overloadRun(
     };
   } finally {
     await bridge.close();
+    // A fresh libvirt connection per run: a connection libvirtd dropped under the load (keepalive)
+    // would fail every operation of the next run.
+    await Promise.all(drivers.map((driver) => driver.call('close')));
   }
 }
 
