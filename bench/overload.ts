@@ -35,6 +35,7 @@ const INJECT_RATE = Number(process.env.VIRTBUS_BENCH_OVERLOAD_INJECT ?? 10_000);
 interface DriveResult {
   events: number;
   errors: number;
+  firstError?: string;
   seconds: number;
   rate: number;
   finishedAtMs: number;
@@ -58,6 +59,7 @@ export interface OverloadRun {
   drivenRate: number;
   /** Driver operations that failed (no event). */
   driveErrors: number;
+  driveError?: string;
   /** Synthetic events injected on top, dropping when the queue is full as libvirt's callbacks do. */
   injected: number;
   /** Driven + injected events per second of driving. */
@@ -98,6 +100,7 @@ async function drive(drivers: Worker[], uri: string, uuids: string[], events: nu
   return {
     events: done,
     errors: results.reduce((sum, r) => sum + r.errors, 0),
+    firstError: results.find((r) => r.firstError)?.firstError,
     seconds: (finishedAtMs - started) / 1000,
     rate: done / ((finishedAtMs - started) / 1000),
     finishedAtMs,
@@ -114,6 +117,9 @@ async function overloadRun(
   events: number,
   injectRate: number,
 ): Promise<OverloadRun> {
+  // The domains are transient, owned by the first driver's connection: if libvirtd dropped it under
+  // the load (keepalive), they are gone; recreate what is missing before every run.
+  await drivers[0]!.call('ensureSynthetic', { uri: libvirtUri, count: DOMAINS }, 120_000);
   const bridge = ctx.worker('bridge');
   try {
     // Stop commands off: this benchmark has no command queue, and the bridge would keep retrying it.
@@ -153,6 +159,7 @@ async function overloadRun(
       driveSeconds: round(driven.seconds, 2),
       drivenRate: round(driven.rate),
       driveErrors: driven.errors,
+      ...(driven.firstError ? { driveError: driven.firstError } : {}),
       injected: injected.injected,
       totalRate: round((driven.events + injected.injected) / driven.seconds),
       received: after.received - before.received,
@@ -167,9 +174,6 @@ async function overloadRun(
     };
   } finally {
     await bridge.close();
-    // A fresh libvirt connection per run: a connection libvirtd dropped under the load (keepalive)
-    // would fail every operation of the next run.
-    await Promise.all(drivers.map((driver) => driver.call('close')));
   }
 }
 
@@ -229,7 +233,6 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
   try {
     // The synthetic domains the addon's injector names its events after, so that driven and
     // injected events concern the same 50 domains and every live state sampled is real.
-    await drivers[0]!.call('ensureSynthetic', { uri: libvirtd.uri, count: DOMAINS }, 120_000);
     const uuids = Array.from({ length: DOMAINS }, (_, i) => syntheticDomain(i).uuid);
     const driven: OverloadRun[] = [];
     const boosted: OverloadRun[] = [];
