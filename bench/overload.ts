@@ -117,8 +117,10 @@ async function overloadRun(
   events: number,
   injectRate: number,
 ): Promise<OverloadRun> {
-  // The domains are transient, owned by the first driver's connection: if libvirtd dropped it under
-  // the load (keepalive), they are gone; recreate what is missing before every run.
+  // libvirtd drops clients it cannot serve under this load (keepalive), and the domains are
+  // transient, gone with the connection that created them: every run starts with fresh driver
+  // connections and the 50 domains (re)created by the first driver.
+  await Promise.all(drivers.map((driver) => driver.call('close')));
   await drivers[0]!.call('ensureSynthetic', { uri: libvirtUri, count: DOMAINS }, 120_000);
   const bridge = ctx.worker('bridge');
   try {

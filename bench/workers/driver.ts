@@ -96,7 +96,8 @@ serve({
   },
 
   async close() {
-    await driver?.close();
+    // A connection libvirtd already dropped cannot be closed cleanly: it is gone either way.
+    await driver?.close().catch(() => undefined);
     driver = undefined;
     return {};
   },
