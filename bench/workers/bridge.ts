@@ -30,6 +30,7 @@ const binding = loadNativeBinding();
 let bridge: Bridge | undefined;
 let outbox: MeasuredOutbox | undefined;
 let journalDir = '';
+let droppingInjector: { stop(): Promise<{ injected: number; seconds: number }> } | undefined;
 
 export interface BridgeRunResult {
   /** Events confirmed (of `expected`). */
@@ -245,6 +246,68 @@ serve({
       journalBytes: box.inner.bytes,
       amqpUp: bridge!.amqpUp,
     });
+  },
+
+  /**
+   * What intake did since start: events libvirt delivered into JavaScript (virtbus_events_received),
+   * the native queue's counters, overflow snapshots (virtbus_resyncs{reason="overflow"}), and the
+   * outbox now (bench/overload.ts).
+   */
+  async intake() {
+    const sum = async (
+      metric: { get(): Promise<{ values: Array<{ value: number; labels: Record<string, unknown> }> }> },
+      reason?: string,
+    ) =>
+      (await metric.get()).values
+        .filter((v) => reason === undefined || v.labels.reason === reason)
+        .reduce((total, v) => total + v.value, 0);
+    const stats = binding.queueStats();
+    return {
+      received: await sum(bridge!.metrics.eventsReceived),
+      overflowSnapshots: await sum(bridge!.metrics.resyncs, 'overflow'),
+      dropped: stats.dropped,
+      queueDepth: stats.depth,
+      queueHighWater: stats.highWater,
+      queueCapacity: stats.capacity,
+      outboxDepth: outbox!.depth,
+      appended: outbox!.appended,
+      confirmed: outbox!.confirmed,
+    };
+  },
+
+  /**
+   * Starts injecting `rate` synthetic events/s (small batches every 2 ms) with libvirt's callback
+   * policy: when the native queue is full the event is dropped and counted, never waited for. Runs
+   * until stopDroppingInjector() (bench/overload.ts adds it on top of real libvirt load).
+   */
+  startDroppingInjector(params: { rate: number; domains: number }) {
+    const started = performance.now();
+    let injected = 0;
+    let stop = false;
+    const done = (async () => {
+      while (!stop) {
+        const due = Math.floor(((performance.now() - started) / 1000) * params.rate) - injected;
+        if (due > 0) {
+          void binding.injectSyntheticEvents(due, Math.min(params.domains, due), { waitWhenFull: false });
+          injected += due;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+      return { injected, seconds: (performance.now() - started) / 1000 };
+    })();
+    droppingInjector = {
+      stop: () => {
+        stop = true;
+        return done;
+      },
+    };
+    return Promise.resolve({});
+  },
+
+  async stopDroppingInjector() {
+    const result = await droppingInjector?.stop();
+    droppingInjector = undefined;
+    return result ?? { injected: 0, seconds: 0 };
   },
 
   /** Injects without waiting for confirms (resolves when the injector thread is done). */

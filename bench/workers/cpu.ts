@@ -225,6 +225,7 @@ serve({
       binding,
       {
         events: (batch) => line.dispatcher.handleEvents(batch),
+        room: () => line.dispatcher.whenRoom(), // as src/bridge/bridge.ts wires it
         close: () => undefined,
         overflow: () => undefined,
       },

@@ -63,6 +63,7 @@ serve({
     let issued = 0;
     let done = 0;
     let errors = 0;
+    let firstError: string | undefined;
     const started = performance.now();
     await Promise.all(
       Array.from({ length: workers }, async (_, w) => {
@@ -81,8 +82,9 @@ serve({
             try {
               await (suspend ? conn.suspend(uuid) : conn.resume(uuid));
               done += 1;
-            } catch {
+            } catch (error) {
               errors += 1;
+              firstError ??= error instanceof Error ? error.message : String(error);
             }
           }
           suspend = !suspend;
@@ -90,11 +92,12 @@ serve({
       }),
     );
     const seconds = (performance.now() - started) / 1000;
-    return { events: done, errors, seconds, rate: done / seconds, finishedAtMs: Date.now() };
+    return { events: done, errors, firstError, seconds, rate: done / seconds, finishedAtMs: Date.now() };
   },
 
   async close() {
-    await driver?.close();
+    // A connection libvirtd already dropped cannot be closed cleanly: it is gone either way.
+    await driver?.close().catch(() => undefined);
     driver = undefined;
     return {};
   },

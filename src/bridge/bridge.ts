@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { CommandExecutor } from './commands';
 import { Dispatcher } from './dispatcher';
 import { EventPump } from './event-pump';
+import { IntakeFirstOutbox } from './intake-first';
 import { createBridgeMetrics, type BridgeMetrics } from './metrics';
 import { MemoryOutbox, type Outbox } from './outbox';
 import { Publisher } from './publisher';
@@ -110,7 +111,12 @@ export class Bridge {
     });
     this.#publisher = new Publisher({
       connection: this.#amqp,
-      outbox: this.#outbox,
+      // Publishing yields to intake while intake is behind (docs/architecture.md, "Intake first").
+      outbox: new IntakeFirstOutbox(this.#outbox, {
+        nativeDepth: () => binding.queueStats().depth,
+        backlog: () => this.#dispatcher.intakeBacklog,
+        appendStalled: () => this.#dispatcher.appendStalled,
+      }),
       topology: bridgeLifecycleTopology(config),
       declareTopology: config.bridge.declareTopology,
       maxInFlight: config.amqp.maxInFlight,
@@ -127,6 +133,7 @@ export class Bridge {
       binding,
       {
         events: (batch) => this.#dispatcher.handleEvents(batch),
+        room: () => this.#dispatcher.whenRoom(),
         close: (event) => this.#libvirt.handleClose(event),
         overflow: () => void this.#dispatcher.snapshot('overflow'),
       },

@@ -5,27 +5,29 @@
  * released delayed stops and snapshots — runs through one serial lane, so messages enter the outbox
  * (and reach the wire) in the order they were dispatched. A snapshot never describes a domain whose
  * STOPPED is being held in a `sync` (that would bypass the delay: docs/architecture.md).
+ *
+ * Intake is decoupled from the lane: handleEvents() accepts a batch synchronously (translation and
+ * every hold/cancel decision) and the event pump goes on draining without waiting for the lane, which
+ * takes everything accepted meanwhile as one batch — one state query and one journal commit however
+ * large. So neither live-state sampling nor the journal's commits nor the broker bound how fast the
+ * native queue is emptied; only CPU does (docs/architecture.md, "Intake first").
  */
 import { randomUUID } from 'node:crypto';
 import type { DomainInfo, RawDomainEvent, NativeConnection } from '../native/contract';
 import { translate, NOVA_TRANSITION, type LibvirtCodes, type Transition } from '../libvirt/translate';
 import { powerStateOf } from '../libvirt/power-state';
-import { DomainStateCode, PowerState, nameOrNumber } from '../libvirt/constants';
-import {
-  buildLifecycleMessage,
-  lifecycleRoutingKey,
-  LIFECYCLE_MESSAGE_TYPE,
-  type LifecycleMessage,
-  type SnapshotReason,
-} from '../messages/lifecycle';
-import { encodeLifecycleBody, type LifecycleFormat } from '../messages/formats';
+import { DomainStateCode, nameOrNumber } from '../libvirt/constants';
+import type { SnapshotReason } from '../messages/lifecycle';
+import type { LifecycleFormat } from '../messages/formats';
 import type { Logger } from '../util/log';
 import { isoMicros, nowMicros } from '../util/time';
 import { Backoff } from '../util/backoff';
 import { DelayedStops, type TimerApi } from './delayed-stops';
 import type { Outbox, OutboxInput } from './outbox';
 import type { BridgeMetrics } from './metrics';
-import { migratedTransition, samplePowerStates } from './state-sampler';
+import { lifecycleInput, type LifecycleFields } from './lifecycle-input';
+import { OffStates } from './off-states';
+import { migratedTransitions, samplePowerStates } from './state-sampler';
 
 export interface DispatcherOptions {
   readonly host: string;
@@ -63,12 +65,14 @@ interface Ready {
 
 const STATE_NAMES = Object.keys(DomainStateCode);
 
-/**
- * Last events after which a listed off state (power_state SHUTDOWN or CRASHED) is explained. After
- * any other (a STARTED, a RESUMED, a guest SHUTDOWN or CRASHED that a STOPPED follows…) an off state
- * means a STOPPED is on its way that the bridge has not seen yet.
- */
-const EXPLAINS_OFF: ReadonlySet<Transition> = new Set<Transition>(['stopped', 'defined', 'undefined']);
+/** Most events one lane task samples, builds and appends (bounds the transient message memory). */
+export const LANE_BATCH = 16384;
+/** Messages built between two yields to the event loop (the pump drains in between). */
+const BUILD_SLICE = 1024;
+/** Accepted events not yet in the outbox above which intake waits for the lane (see hasRoom). */
+export const INTAKE_LIMIT = 4 * LANE_BATCH;
+/** An append pending longer than this waits for room, not for a commit (ms). */
+const APPEND_STALL_MS = 50;
 
 export class Dispatcher {
   readonly #options: DispatcherOptions;
@@ -82,17 +86,22 @@ export class Dispatcher {
    * became held since. Those are withheld from the snapshot's `sync` messages.
    */
   #heldDuringListing: Set<string> | undefined;
-  /** The last transition accepted per domain since the last start/reconnect/overflow snapshot. */
-  readonly #lastEvent = new Map<string, Transition>();
-  /** When a snapshot first listed a domain off although its last event says it is not (ms). */
-  readonly #unexplainedOffSince = new Map<string, number>();
+  /** Each domain's last accepted transition, and the off states it does not explain. */
+  readonly #offStates: OffStates;
   readonly #snapshotsQueued = new Map<SnapshotReason, Promise<void>>();
   readonly #snapshotRetry = new Backoff(1000, 30000);
   #seq = 0;
   #stopped = false;
+  /** Events the running lane task took from #pending and has not yet appended. */
+  #inLane = 0;
+  /** Intake waiting for room (whenRoom). */
+  #roomWaiters: Array<() => void> = [];
+  /** When the lane's pending outbox.append() began (ms), if one is pending. */
+  #appendingSince: number | undefined;
 
   constructor(options: DispatcherOptions) {
     this.#options = options;
+    this.#offStates = new OffStates(options.stopDelayMs, options.now ?? Date.now, options.logger);
     this.#delayed = new DelayedStops<Ready>(
       options.stopDelayMs,
       (held, heldMs, followers) => {
@@ -117,6 +126,35 @@ export class Dispatcher {
 
   get delayedStopsPending(): number {
     return this.#delayed.size;
+  }
+
+  /** Events accepted and not yet in the outbox (held STOPPED events excluded). */
+  get intakeBacklog(): number {
+    return this.#pending.length + this.#inLane;
+  }
+
+  /**
+   * Whether intake may hand over more without waiting for the lane: true until INTAKE_LIMIT events
+   * wait for the outbox, which happens only when the outbox itself waits (full) or the JS thread
+   * cannot keep up. Then the event pump waits and the native queue takes the overflow.
+   */
+  get hasRoom(): boolean {
+    return this.intakeBacklog < INTAKE_LIMIT;
+  }
+
+  /** undefined while hasRoom; otherwise resolves once the lane has made room again. */
+  whenRoom(): Promise<void> | undefined {
+    if (this.hasRoom) return undefined;
+    return new Promise<void>((resolve) => this.#roomWaiters.push(resolve));
+  }
+
+  /**
+   * The lane has waited for the outbox longer than a commit takes: the outbox is full (or its disk
+   * slow), and only confirms make room — publishing must not yield to intake then (intake-first.ts).
+   */
+  get appendStalled(): boolean {
+    const since = this.#appendingSince;
+    return since !== undefined && (this.#options.now ?? Date.now)() - since > APPEND_STALL_MS;
   }
 
   /** Dispatches one drained batch; resolves when its messages are in the outbox. */
@@ -167,7 +205,7 @@ export class Dispatcher {
         occurredMicros: event.wallMicros,
         delayedMs: translation.kind === 'needs-job-check' ? -1 : 0, // -1 marks "decide by job stats"
       };
-      this.#lastEvent.set(event.uuid, item.transition);
+      this.#offStates.noteEvent(event.uuid, item.transition);
       if (item.transition === 'stopped' && stopDelayMs > 0 && !this.#stopped) {
         this.#delayed.hold(event.uuid, item);
         this.#heldDuringListing?.add(event.uuid);
@@ -184,11 +222,28 @@ export class Dispatcher {
     return this.#enqueue(() => this.#publishPending());
   }
 
-  /** Lane task: publishes everything accepted so far (a later task may find nothing left: fine). */
-  #publishPending(): Promise<void> {
-    const batch = this.#pending;
-    this.#pending = [];
-    return batch.length === 0 ? Promise.resolve() : this.#publishReady(batch);
+  /**
+   * Lane task: publishes what was accepted so far, up to LANE_BATCH (a later task may find nothing
+   * left: fine). However many events wait, they cost one state query and one journal commit, so the
+   * lane's rate grows with its backlog and sampling cannot become intake's bottleneck.
+   */
+  async #publishPending(): Promise<void> {
+    if (this.#pending.length === 0) return;
+    const batch = this.#pending.length <= LANE_BATCH ? this.#pending : this.#pending.splice(0, LANE_BATCH);
+    if (batch === this.#pending) this.#pending = [];
+    this.#inLane = batch.length;
+    try {
+      await this.#publishReady(batch);
+    } finally {
+      this.#inLane = 0;
+      if (this.#roomWaiters.length > 0 && this.hasRoom) {
+        const waiters = this.#roomWaiters;
+        this.#roomWaiters = [];
+        for (const wake of waiters) wake();
+      }
+      // What a capped batch left behind gets a task of its own (the pump's usually came first).
+      if (this.#pending.length > 0) void this.#enqueuePending();
+    }
   }
 
   /**
@@ -234,11 +289,10 @@ export class Dispatcher {
     const takenMicros = nowMicros();
     // After a reconnect or an overflow events were lost: what the last ones said proves nothing.
     if (reason !== 'periodic') {
-      this.#lastEvent.clear();
-      this.#unexplainedOffSince.clear();
+      this.#offStates.forget();
     }
     const { domains, withheld: held } = await this.#listDomains(connection);
-    const withheld = new Set([...held, ...this.#unexplainedOff(domains, held)]);
+    const withheld = new Set([...held, ...this.#offStates.unexplained(domains, held)]);
     const described = domains.filter((domain) => !withheld.has(domain.uuid));
     const snapshot = {
       id: randomUUID(),
@@ -280,7 +334,7 @@ export class Dispatcher {
         instanceUuids: domains.map((domain) => domain.uuid),
       }),
     );
-    await this.#options.outbox.append(messages);
+    await this.#append(messages);
     this.#options.metrics.resyncs.inc({ reason });
     this.#options.logger.info(
       {
@@ -291,52 +345,6 @@ export class Dispatcher {
       },
       'snapshot published',
     );
-  }
-
-  /**
-   * The listed domains that are off (power_state SHUTDOWN or CRASHED) although the last event this
-   * bridge accepted for them says otherwise: libvirt shows a domain's new state before it emits the
-   * event (QEMU's destroy sets SHUTOFF, then queues STOPPED when the call ends), so a listing can
-   * meet an off state whose STOPPED is still on its way — inside a hard reboot, the very window the
-   * delay exists for. Such a domain is withheld like a held one, for at most the stop delay from the
-   * first snapshot that saw it: a STOPPED that has not come by then is not coming (it would be held
-   * and withheld itself), and the off state is reported. A domain in libvirt's transient SHUTDOWN
-   * state is withheld so, bounded the same way, even when no event is known for it.
-   */
-  #unexplainedOff(domains: readonly DomainInfo[], held: ReadonlySet<string>): Set<string> {
-    const now = (this.#options.now ?? Date.now)();
-    const withhold = new Set<string>();
-    const listed = new Set<string>();
-    for (const domain of domains) {
-      listed.add(domain.uuid);
-      const power = powerStateOf(domain.state);
-      const last = this.#lastEvent.get(domain.uuid);
-      // libvirt's SHUTDOWN state ("being shut down": QEMU got SIGTERM from a destroy, or the guest
-      // powered off and the process is exiting) always ends in SHUTOFF and a STOPPED, whatever the
-      // last events said or whether they are known at all (start, reconnect, overflow snapshots).
-      const goingOff = domain.state === DomainStateCode.SHUTDOWN;
-      if (
-        held.has(domain.uuid) ||
-        (power !== PowerState.SHUTDOWN && power !== PowerState.CRASHED) ||
-        (!goingOff && (last === undefined || EXPLAINS_OFF.has(last)))
-      ) {
-        this.#unexplainedOffSince.delete(domain.uuid);
-        continue;
-      }
-      const since = this.#unexplainedOffSince.get(domain.uuid) ?? now;
-      this.#unexplainedOffSince.set(domain.uuid, since);
-      if (now - since < this.#options.stopDelayMs) withhold.add(domain.uuid);
-      else
-        this.#options.logger.warn(
-          { uuid: domain.uuid, name: domain.name, last, offForMs: now - since },
-          'a domain is off with no STOPPED seen for it; the snapshot reports it',
-        );
-    }
-    // Domains that are gone take their history with them: the maps stay as small as the host.
-    for (const uuid of this.#lastEvent.keys()) if (!listed.has(uuid)) this.#lastEvent.delete(uuid);
-    for (const uuid of this.#unexplainedOffSince.keys())
-      if (!listed.has(uuid)) this.#unexplainedOffSince.delete(uuid);
-    return withhold;
   }
 
   /**
@@ -394,7 +402,11 @@ export class Dispatcher {
       }
     }
     await this.#enqueuePending();
-    await this.#lane;
+    // A capped lane batch queues its remainder behind itself: wait until the lane stops growing.
+    for (let lane = this.#lane; ; lane = this.#lane) {
+      await lane;
+      if (lane === this.#lane) break;
+    }
   }
 
   #enqueue(task: () => Promise<void>): Promise<void> {
@@ -408,12 +420,18 @@ export class Dispatcher {
   async #publishReady(items: readonly Ready[]): Promise<void> {
     const connection = this.#options.connection();
     const resolved: Ready[] = [];
+    // SUSPENDED/MIGRATED events' job checks, all at once (rare; each is its own thread-pool job).
+    const jobChecks = await migratedTransitions(
+      connection,
+      items.filter((item) => item.delayedMs === -1).map((item) => item.uuid),
+    );
+    let jobCheck = 0;
     for (const item of items) {
       if (item.delayedMs !== -1) {
         resolved.push(item);
         continue;
       }
-      const transition = await migratedTransition(connection, item.uuid);
+      const transition = jobChecks[jobCheck++] ?? null;
       if (transition === null) {
         // Nova's callback raises out of its job query and queues nothing: neither do we.
         this.#options.logger.warn(
@@ -426,59 +444,37 @@ export class Dispatcher {
     }
     if (resolved.length === 0) return;
     const states = await samplePowerStates(connection, [...new Set(resolved.map((item) => item.uuid))]);
-    const messages = resolved.map((item) =>
-      this.#message({
-        instanceUuid: item.uuid,
-        domainName: item.name,
-        transition: item.transition,
-        libvirt: item.libvirt,
-        powerState: states.get(item.uuid) ?? null,
-        occurredMicros: item.occurredMicros,
-        delayedMs: item.delayedMs,
-      }),
-    );
-    await this.#options.outbox.append(messages);
+    const messages: OutboxInput[] = [];
+    for (const item of resolved) {
+      // Building a large batch takes a while: let the event pump drain in between (intake first).
+      if (messages.length > 0 && messages.length % BUILD_SLICE === 0) await new Promise(setImmediate);
+      messages.push(
+        this.#message({
+          instanceUuid: item.uuid,
+          domainName: item.name,
+          transition: item.transition,
+          libvirt: item.libvirt,
+          powerState: states.get(item.uuid) ?? null,
+          occurredMicros: item.occurredMicros,
+          delayedMs: item.delayedMs,
+        }),
+      );
+    }
+    await this.#append(messages);
   }
 
-  #message(fields: {
-    instanceUuid: string | null;
-    domainName: string | null;
-    transition: Transition;
-    libvirt: LibvirtCodes | null;
-    powerState: ReturnType<typeof powerStateOf> | null;
-    occurredMicros: number;
-    delayedMs: number;
-    snapshot?: LifecycleMessage['snapshot'];
-    instanceUuids?: readonly string[];
-  }): OutboxInput {
-    const { host, bootId, exchange, format } = this.#options;
-    const published = nowMicros();
+  /** outbox.append, remembering since when the lane waits for it (appendStalled). */
+  async #append(messages: readonly OutboxInput[]): Promise<void> {
+    this.#appendingSince = (this.#options.now ?? Date.now)();
+    try {
+      await this.#options.outbox.append(messages);
+    } finally {
+      this.#appendingSince = undefined;
+    }
+  }
+
+  #message(fields: LifecycleFields): OutboxInput {
     this.#seq += 1;
-    // Every field spelled out (no spread): this runs once per event.
-    const message = buildLifecycleMessage({
-      host,
-      bootId,
-      seq: this.#seq,
-      publishedMicros: published,
-      instanceUuid: fields.instanceUuid,
-      domainName: fields.domainName,
-      transition: fields.transition,
-      libvirt: fields.libvirt,
-      powerState: fields.powerState,
-      occurredMicros: fields.occurredMicros,
-      delayedMs: fields.delayedMs,
-      snapshot: fields.snapshot,
-      instanceUuids: fields.instanceUuids,
-    });
-    const body = encodeLifecycleBody(format, message, published);
-    return {
-      exchange,
-      routingKey: lifecycleRoutingKey(host, fields.transition),
-      messageId: message.event_id,
-      type: LIFECYCLE_MESSAGE_TYPE,
-      occurredMicros: fields.occurredMicros,
-      transition: fields.transition,
-      body: Buffer.from(JSON.stringify(body)),
-    };
+    return lifecycleInput(this.#options, this.#seq, fields);
   }
 }

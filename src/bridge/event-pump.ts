@@ -1,9 +1,11 @@
 /**
- * Moves events from the native queue into the dispatcher. The addon wakes JavaScript at most once per
- * batch; the pump then drains in chunks and waits for each chunk's dispatch before taking the next,
- * so while JavaScript is busy events wait in the bounded native queue (its depth is the backlog an
- * operator sees), and an overflow there is counted and repaired by an `overflow` snapshot — libvirt's
- * loop thread is never blocked.
+ * Moves events from the native queue into the dispatcher: intake. The addon wakes JavaScript at most
+ * once per batch; the pump then drains in chunks and hands each chunk over without waiting for its
+ * dispatch (state sampling, journal commit) while the target has room, so the native queue — bounded,
+ * its overflow counted and repaired by an `overflow` snapshot — stays a hand-off and the backlog of a
+ * load above the broker's ceiling builds up in the journal. Only when the target has no room (the
+ * outbox is full, or JavaScript cannot keep up) does the pump wait, and events then wait in the native
+ * queue. libvirt's loop thread is never blocked.
  */
 import type { NativeBinding, RawCloseEvent, RawDomainEvent } from '../native/contract';
 import type { Logger } from '../util/log';
@@ -11,7 +13,16 @@ import type { Logger } from '../util/log';
 const CHUNK = 4096;
 
 export interface EventPumpTargets {
+  /**
+   * Takes a batch in order, synchronously; resolves when it is dispatched (in the outbox). The next
+   * batch is handed over at once while room() says so.
+   */
   events(batch: readonly RawDomainEvent[]): Promise<void>;
+  /**
+   * undefined when more can be handed over before the earlier batches are dispatched; otherwise a
+   * promise of room. Without it the pump waits for each batch's dispatch.
+   */
+  room?(): Promise<void> | undefined;
   close(event: RawCloseEvent): void;
   overflow(dropped: number): void;
 }
@@ -23,6 +34,8 @@ export class EventPump {
   /** Closes and drops met by takeQueued(), left for the pump to handle in its own order. */
   #takenCloses: RawCloseEvent[] = [];
   #takenOverflow = 0;
+  /** Dispatch of the last batch handed over. */
+  #dispatched: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly binding: NativeBinding,
@@ -65,8 +78,9 @@ export class EventPump {
   }
 
   /** Resolves when everything drained so far has been dispatched. */
-  settled(): Promise<void> {
-    return this.#idle;
+  async settled(): Promise<void> {
+    await this.#idle;
+    await this.#dispatched;
   }
 
   async #run(): Promise<void> {
@@ -95,7 +109,12 @@ export class EventPump {
             if (dropped === 0) drainedSinceDrop = 0;
             dropped += overflowed;
           }
-          if (events.length > 0) await this.targets.events(events);
+          if (events.length > 0) {
+            this.#dispatched = this.targets.events(events);
+            // Intake does not wait for sampling, the journal or the broker while the target has room.
+            const room = this.targets.room ? this.targets.room() : this.#dispatched;
+            if (room) await room;
+          }
           drainedSinceDrop += events.length;
           if (
             dropped > 0 &&
@@ -104,7 +123,8 @@ export class EventPump {
             this.targets.overflow(dropped);
             dropped = 0;
           }
-          // Closes after the events that preceded them, so those are dispatched while the state can still be read.
+          // Closes after the events that preceded them are dispatched, while the state can still be read.
+          if (closes.length > 0) await this.#dispatched;
           for (const close of closes) this.targets.close(close);
           if (events.length < CHUNK && closes.length === 0 && overflowed === 0) break;
         }

@@ -83,6 +83,14 @@ export async function migratedTransition(
   return transitionForJob(jobType);
 }
 
+/** migratedTransition for several domains at once (in their order), the queries concurrent. */
+export function migratedTransitions(
+  connection: NativeConnection | undefined,
+  uuids: readonly string[],
+): Promise<Array<Transition | null>> {
+  return Promise.all(uuids.map((uuid) => migratedTransition(connection, uuid)));
+}
+
 /** How virDomainGetJobStats failed, in the classes Nova's get_job_info tells apart. */
 function jobQueryError(error: unknown): JobQueryError {
   if (!isLibvirtError(error)) return 'other';
