@@ -60,7 +60,13 @@ interface Ready {
   readonly transition: Transition;
   readonly libvirt: LibvirtCodes;
   readonly occurredMicros: number;
+  /** How long Nova's STOPPED delay held it (0 when not held). */
   readonly delayedMs: number;
+  /**
+   * A SUSPENDED/MIGRATED event: its transition (paused, migration_completed or postcopy) is decided
+   * by the domain's job stats when it is published (migratedTransitions).
+   */
+  readonly needsJobCheck?: true;
 }
 
 const STATE_NAMES = Object.keys(DomainStateCode);
@@ -203,7 +209,8 @@ export class Dispatcher {
         transition: translation.kind === 'needs-job-check' ? 'paused' : translation.transition,
         libvirt: translation.libvirt,
         occurredMicros: event.wallMicros,
-        delayedMs: translation.kind === 'needs-job-check' ? -1 : 0, // -1 marks "decide by job stats"
+        delayedMs: 0,
+        ...(translation.kind === 'needs-job-check' ? { needsJobCheck: true as const } : {}),
       };
       this.#offStates.noteEvent(event.uuid, item.transition);
       if (item.transition === 'stopped' && stopDelayMs > 0 && !this.#stopped) {
@@ -423,11 +430,11 @@ export class Dispatcher {
     // SUSPENDED/MIGRATED events' job checks, all at once (rare; each is its own thread-pool job).
     const jobChecks = await migratedTransitions(
       connection,
-      items.filter((item) => item.delayedMs === -1).map((item) => item.uuid),
+      items.filter((item) => item.needsJobCheck).map((item) => item.uuid),
     );
     let jobCheck = 0;
     for (const item of items) {
-      if (item.delayedMs !== -1) {
+      if (!item.needsJobCheck) {
         resolved.push(item);
         continue;
       }
@@ -440,7 +447,14 @@ export class Dispatcher {
         );
         continue;
       }
-      resolved.push({ ...item, transition, delayedMs: 0 });
+      resolved.push({
+        uuid: item.uuid,
+        name: item.name,
+        transition,
+        libvirt: item.libvirt,
+        occurredMicros: item.occurredMicros,
+        delayedMs: 0,
+      });
     }
     if (resolved.length === 0) return;
     const states = await samplePowerStates(connection, [...new Set(resolved.map((item) => item.uuid))]);
