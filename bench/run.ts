@@ -25,6 +25,8 @@ import * as endToEnd from './end-to-end';
 import * as consumer from './consumer';
 import * as memory from './memory';
 import * as scale from './scale';
+import * as cluster from './cluster';
+import * as fleet from './fleet';
 
 interface Benchmark {
   readonly id: string;
@@ -40,6 +42,8 @@ const BENCHMARKS: readonly Benchmark[] = [
   { id: '5', name: 'consumer', run: consumer.run },
   { id: '6', name: 'memory', run: memory.run },
   { id: '7', name: 'scale', run: scale.run },
+  { id: '8', name: 'cluster', run: cluster.run },
+  { id: '9', name: 'fleet', run: fleet.run },
 ];
 
 function option(args: readonly string[], name: string): string | undefined {

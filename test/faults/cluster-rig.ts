@@ -100,6 +100,8 @@ export class ClusterRig {
   #loadRunning = false;
   #loadDone: Promise<void> = Promise.resolve();
   #driven = 0;
+  /** Counts at the end of the previous figures(): a rig can carry several scenarios in a row. */
+  #base = { driven: 0, delivered: 0, records: 0 };
 
   constructor(
     readonly cluster: RabbitCluster,
@@ -220,7 +222,10 @@ export class ClusterRig {
       recorder.on('up', (model: ChannelModel) => {
         void (async () => {
           const channel = await model.createChannel();
-          await channel.assertQueue(RECORDER_QUEUE, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+          await channel.assertQueue(RECORDER_QUEUE, {
+            durable: true,
+            arguments: { 'x-queue-type': 'quorum' },
+          });
           await channel.bindQueue(RECORDER_QUEUE, 'virtbus.lifecycle', '#');
           await channel.bindQueue(RECORDER_QUEUE, 'virtbus.commands', '#');
           await channel.prefetch(1000);
@@ -253,7 +258,10 @@ export class ClusterRig {
   }
 
   async startConsumer(): Promise<ServiceProcess> {
-    const consumer = startVirtbus('consumer', { ...this.env(), VIRTBUS_AMQP_URL: this.identities.consumerUrl() });
+    const consumer = startVirtbus('consumer', {
+      ...this.env(),
+      VIRTBUS_AMQP_URL: this.identities.consumerUrl(),
+    });
     await consumer.waitForLog('the consumer consuming', (l) => l.msg === 'consuming', 60000);
     this.consumers.push(consumer);
     return consumer;
@@ -359,25 +367,29 @@ export class ClusterRig {
   }
 
   /**
-   * The scenario's figures: driven = suspend/resume calls libvirt accepted (each one event; the
-   * bridges are never down here, so each reaches a bridge); delivered = distinct events on the bus;
-   * lost = driven − delivered; wrong rows after convergence.
+   * The scenario's figures since the previous call: driven = suspend/resume calls libvirt accepted
+   * (each one event; the bridges stay up, so each reaches a bridge); delivered = distinct events on
+   * the bus; lost = driven − delivered; wrong rows after convergence.
    */
   async figures(scenario: string, convergeMs: number, note?: string): Promise<ClusterFigures> {
     const deadline = Date.now() + 60000;
     const unique = (): number => new Set(this.#lifecycle().map((r) => r.eventId)).size;
     while (unique() < this.#driven && Date.now() < deadline) await sleep(200);
     const delivered = unique();
+    const records = this.#lifecycle().length;
+    const driven = this.#driven - this.#base.driven;
+    const deliveredNow = delivered - this.#base.delivered;
     const figures: ClusterFigures = {
       scenario,
-      driven: this.#driven,
-      delivered,
-      duplicates: this.#lifecycle().length - delivered,
-      lost: Math.max(0, this.#driven - delivered),
+      driven,
+      delivered: deliveredNow,
+      duplicates: records - this.#base.records - deliveredNow,
+      lost: Math.max(0, driven - deliveredNow),
       wrongRows: (await this.wrongRows()).length,
       convergeMs,
       ...(note ? { note } : {}),
     };
+    this.#base = { driven: this.#driven, delivered, records };
     console.log(`cluster figures: ${JSON.stringify(figures)}`);
     return figures;
   }
