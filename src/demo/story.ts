@@ -185,8 +185,10 @@ export class Demo {
         `   RabbitMQ amqp://127.0.0.1:${this.#rabbit.port}  (${Math.round((Date.now() - started) / 1000)} s)`,
       );
     }
+    const libvirtd = this.#libvirtd;
+    if (!libvirtd) throw new Error('libvirtd did not start');
 
-    this.#keeper = await loadNativeBinding().openConnection(this.#libvirtd.uri, {
+    this.#keeper = await loadNativeBinding().openConnection(libvirtd.uri, {
       readOnly: false,
       keepaliveInterval: 0,
       keepaliveCount: 1,
@@ -195,9 +197,9 @@ export class Demo {
       const xml = `<domain type='test'><name>${instance.name}</name><uuid>${instance.uuid}</uuid><memory>65536</memory><os><type>hvm</type></os></domain>`;
       const file = join(this.#dir, `${instance.name}.xml`);
       writeFileSync(file, xml);
-      await this.#libvirtd.virsh('define', file);
+      await libvirtd.virsh('define', file);
     }
-    await this.#libvirtd.virsh('start', INSTANCES[1]!.name);
+    await libvirtd.virsh('start', INSTANCES[1]!.name);
     const now = new Date().toISOString();
     const rows = [
       {
@@ -315,7 +317,7 @@ export class Demo {
         r.get(INSTANCES[2]!.uuid)?.task_state === null &&
         r.get(INSTANCES[2]!.uuid)?.last_action !== null,
     );
-    const state = (await this.#libvirtd.virsh('domstate', INSTANCES[2]!.name)).trim();
+    const state = (await libvirtd.virsh('domstate', INSTANCES[2]!.name)).trim();
     await this.#table();
     this.#say(`   $ virsh domstate ${INSTANCES[2]!.name}  →  ${state}`);
 

@@ -61,7 +61,7 @@ describe('a fleet: 8 hosts, a 3-node cluster, 3 consumers on one PostgreSQL data
     const figures = await rig.figures('fleet: 8 hosts, 3 consumers, PostgreSQL', convergeMs);
     assert.equal(figures.lost, 0, 'every event driven was delivered');
     assert.equal(figures.wrongRows, 0, 'every row equals its hypervisor');
-    assert.ok(figures.driven > 2000, `load was driven (${figures.driven} events in ${loadSeconds} s)`);
+    assert.ok(figures.driven > 1000, `load was driven (${figures.driven} events in ${loadSeconds} s)`);
 
     // Stop commands: exactly one per target, to and answered by that target's host; none elsewhere.
     const hostOf = new Map(rig.hosts.flatMap((h) => [...h.uuids, ...h.spare].map((u) => [u, h.name])));
@@ -109,7 +109,15 @@ describe('a fleet: 8 hosts, a 3-node cluster, 3 consumers on one PostgreSQL data
     const last = rig.lastSeq();
     const behind = rig.hosts
       .flatMap((h) => h.uuids.slice(1))
-      .filter((uuid) => rows.get(uuid)?.event_seq !== last.get(uuid)?.seq);
+      .filter(
+        (uuid) =>
+          Number(rows.get(uuid)?.event_seq) !== last.get(uuid)?.seq ||
+          rows.get(uuid)?.event_boot_id !== last.get(uuid)?.bootId,
+      )
+      .map(
+        (uuid) =>
+          `${uuid}: row seq ${String(rows.get(uuid)?.event_seq)}, last on the bus ${last.get(uuid)?.seq}`,
+      );
     assert.deepEqual(behind, [], 'every toggled row ends on its last event');
 
     const perConsumer: number[] = [];
