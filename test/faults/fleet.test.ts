@@ -13,6 +13,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Client } from 'pg';
 import { metricValue, scrape, startRabbitCluster, type RabbitCluster } from '../../src/sandbox';
 import { testPostgresUrl } from '../support/services';
 import { ClusterRig } from './cluster-rig';
@@ -105,7 +106,15 @@ describe('a fleet: 8 hosts, a 3-node cluster, 3 consumers on one PostgreSQL data
 
     // Order: on the bus per instance, and in the rows (each ends on its last event, not an older one).
     assert.deepEqual(rig.orderViolations(), [], 'per instance, events crossed the bus in the order driven');
-    const rows = await rig.rows();
+    // The event position each row was last written from (not in `instances list`): read it directly.
+    const db = new Client({ connectionString: rig.dbUrl });
+    await db.connect();
+    const positions = await db
+      .query<{ uuid: string; event_seq: string | null; event_boot_id: string | null }>(
+        'SELECT uuid, event_seq, event_boot_id FROM instances',
+      )
+      .finally(() => db.end());
+    const rows = new Map(positions.rows.map((row) => [row.uuid, row]));
     const last = rig.lastSeq();
     const behind = rig.hosts
       .flatMap((h) => h.uuids.slice(1))
