@@ -298,6 +298,14 @@ export class ClusterRig {
               if (pausing) await host.driver.suspend(uuid);
               else await host.driver.resume(uuid);
             } catch {
+              // Not in the state assumed (left paused by an earlier run of the load, or the call
+              // failed): learn the real state, then go on.
+              try {
+                if ((await host.driver.domainState(uuid)).state === 3) paused.add(uuid);
+                else paused.delete(uuid);
+              } catch {
+                // libvirtd busy or away: try again shortly
+              }
               await sleep(50);
               continue;
             }

@@ -4,27 +4,33 @@
  * quorum queues have a member on every node. Each scenario drives suspend/resume through the test
  * driver, injects the fault, and counts events driven, delivered, duplicates and lost, the rows that
  * end wrong and the time to converge; lost and wrong rows must be 0. docs/reliability.md records
- * the printed figures.
+ * the printed figures. The fleet test (fleet.ts) runs after them on the same cluster.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { hostSegment } from '../../src/messages/lifecycle';
 import { metricValue, scrape, startRabbitCluster, type RabbitCluster } from '../../src/sandbox';
+import { onTeardown } from '../support/services';
 import { ClusterRig, type ClusterFigures } from './cluster-rig';
+import { describeFleet } from './fleet';
 
 const HOST = 'cluster-host.example.org';
 const BRIDGE_USER = hostSegment(HOST);
 
+let cluster: RabbitCluster;
+before(async () => {
+  cluster = await startRabbitCluster({ name: 'virtbus-faults' });
+  onTeardown(() => cluster.dispose());
+});
+
 describe('a three-node RabbitMQ cluster losing nodes under load', () => {
-  let cluster: RabbitCluster;
   let rig: ClusterRig;
   const figures: ClusterFigures[] = [];
 
   // One cluster and one rig for the four scenarios (forming a cluster costs tens of seconds); each
   // scenario ends converged with the cluster whole again, and its figures count from the previous.
   before(async () => {
-    cluster = await startRabbitCluster({ name: 'virtbus-faults' });
     rig = new ClusterRig(cluster, { hosts: [HOST], domains: 24, rate: 600 });
     await rig.start();
     const replicas = await cluster.replicas(rig.vhost);
@@ -33,7 +39,6 @@ describe('a three-node RabbitMQ cluster losing nodes under load', () => {
   after(async () => {
     console.log(`cluster fault figures: ${JSON.stringify(figures)}`);
     await rig?.dispose();
-    await cluster?.dispose();
   });
 
   /** A rig on the cluster under load; `fault` runs while the load goes on, then everything settles. */
@@ -42,10 +47,10 @@ describe('a three-node RabbitMQ cluster losing nodes under load', () => {
     fault: (rig: ClusterRig) => Promise<string | undefined>,
   ): Promise<ClusterFigures> => {
     rig.startLoad();
-    await sleep(2500);
+    await sleep(1500);
     const note = await fault(rig);
     await cluster.waitFormed(90000);
-    await sleep(2000); // load on the healed cluster
+    await sleep(1000); // load on the healed cluster
     await rig.stopLoad();
     const convergeMs = await rig.converge(90000);
     const result = await rig.figures(name, convergeMs, note);
@@ -118,3 +123,5 @@ describe('a three-node RabbitMQ cluster losing nodes under load', () => {
     });
   });
 });
+
+describeFleet(() => cluster);
