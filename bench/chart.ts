@@ -1,6 +1,6 @@
 /**
- * Draws docs/scaling-throughput.png from a benchmark JSON (`npm run bench -- --only 8,9`): events/s
- * into the three-node cluster against the number of hosts (bench 9 `details.byHosts`), and events/s
+ * Draws docs/scaling-throughput.png from a benchmark JSON (`npm run bench -- --only cluster,fleet`): events/s
+ * into the three-node cluster against the number of hosts (bench 11 `details.byHosts`), and events/s
  * applied against the number of PostgreSQL consumers (`details.byConsumers`), each next to the
  * cluster's raw ceiling measured in the same run. Uses gnuplot (Debian `gnuplot-nox`), because the
  * npm canvas packages cannot fetch their prebuilt binaries here; only the docs need it.
@@ -25,8 +25,8 @@ function main(): void {
   const input = resolve(process.argv[2] ?? join(__dirname, 'results.json'));
   const output = resolve(process.argv[3] ?? join(__dirname, '..', '..', 'docs', 'scaling-throughput.png'));
   const report = JSON.parse(readFileSync(input, 'utf8')) as { results: Array<{ id: string } & Fleet> };
-  const fleet = report.results.find((r) => r.id === '9');
-  if (!fleet) throw new Error(`${input} has no result of benchmark 9 (fleet)`);
+  const fleet = report.results.find((r) => r.id === '11');
+  if (!fleet) throw new Error(`${input} has no result of benchmark 11 (fleet)`);
   const { byHosts, byConsumers, publishCeiling, consumeCeiling } = fleet.details;
   const dir = mkdtempSync(join(tmpdir(), 'virtbus-chart-'));
   try {

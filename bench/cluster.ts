@@ -1,5 +1,5 @@
 /**
- * 8. The three-node cluster: the broker's ceilings on the cluster (a raw amqplib publisher to the
+ * 10. The three-node cluster: the broker's ceilings on the cluster (a raw amqplib publisher to the
  * replicated quorum queue, a raw amqplib consumer draining it), the bridge and the consumer on the
  * same cluster as a ratio of those ceilings measured in this run, and the CPU each part spends per
  * event — bridge process, broker (single node vs the three nodes together: the cost of quorum
@@ -122,7 +122,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
     { label: 'consumer CPU per event, SQLite, no notifications', value: quiet.cpuMicrosPerEvent, unit: 'µs' },
   ];
   return {
-    id: '8',
+    id: '10',
     title: 'Three-node cluster: ceilings, ratios and CPU per event',
     figures,
     details,

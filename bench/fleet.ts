@@ -1,5 +1,5 @@
 /**
- * 9. The fleet on the cluster: throughput against the number of hosts (1…8 bridge processes, each
+ * 11. The fleet on the cluster: throughput against the number of hosts (1…8 bridge processes, each
  * with its own libvirtd holding its own synthetic domains, bursting at once into the three-node
  * cluster) and against the number of consumers (1…3 `virtbus consumer`s sharing the queue and one
  * PostgreSQL database), each as a ratio of the cluster's raw publish or consume ceiling measured in
@@ -133,7 +133,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
     },
   ];
   return {
-    id: '9',
+    id: '11',
     title: 'Fleet on the cluster: throughput against hosts and consumers',
     figures,
     details,

@@ -42,8 +42,8 @@ const BENCHMARKS: readonly Benchmark[] = [
   { id: '5', name: 'consumer', run: consumer.run },
   { id: '6', name: 'memory', run: memory.run },
   { id: '7', name: 'scale', run: scale.run },
-  { id: '8', name: 'cluster', run: cluster.run },
-  { id: '9', name: 'fleet', run: fleet.run },
+  { id: '10', name: 'cluster', run: cluster.run },
+  { id: '11', name: 'fleet', run: fleet.run },
 ];
 
 function option(args: readonly string[], name: string): string | undefined {
