@@ -160,11 +160,15 @@ export class Demo {
   }
 
   async #listen(): Promise<void> {
-    this.#listener = await narrateBus(
-      this.#identities?.guestUrl().split(',')[0] ?? this.#rabbit?.url ?? '',
-      (line) => this.#say(line),
-      this.options.colour,
-    );
+    let url = this.#rabbit?.url ?? '';
+    if (this.#cluster && this.#identities) {
+      // The narrator holds one plain connection: put it on a node the bridge is not on, the one
+      // scene 6 kills.
+      const bridgeNodes = await this.#cluster.nodesOf(hostSegment(HOST));
+      const urls = this.#identities.guestUrl().split(',');
+      url = urls.find((_, i) => !bridgeNodes.includes(i)) ?? urls[0] ?? '';
+    }
+    this.#listener = await narrateBus(url, (line) => this.#say(line), this.options.colour);
   }
 
   async play(): Promise<void> {
