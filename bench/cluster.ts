@@ -14,7 +14,8 @@ import { benchCluster, clusterVhost, consumerDrain, prefill, rawDrain, withBroke
 import type { BenchContext, BenchResult, Figure } from './lib/context';
 import { round } from './lib/stats';
 import { IN_FLIGHT, measureCeiling } from './ceiling';
-import { bridgeRun, summary, syntheticLibvirtd } from './publish-path';
+import { summary, syntheticLibvirtd } from './publish-path';
+import type { BridgeRunResult } from './workers/bridge';
 import type { PublishResult } from './workers/publisher';
 
 const micros = (cpuSeconds: number, events: number): number => round((cpuSeconds * 1e6) / events, 1);
@@ -66,9 +67,16 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
 
   // The bridge (real Bridge in its own process) publishing to the cluster, given all three URLs.
   const libvirt = await syntheticLibvirtd(ctx, 1000);
-  const bridge = await withBrokerCpu(cluster.nodes, () =>
-    bridgeRun(ctx, urls, libvirt.uri, 'burst', { count, domains: 1000 }),
-  );
+  // The worker gets the three URLs; the purge afterwards one of them (amqplib takes a single URL).
+  const bridgeWorker = ctx.worker('bridge');
+  const bridge = await withBrokerCpu(cluster.nodes, async () => {
+    await bridgeWorker.call('start', { amqpUrl: urls, libvirtUri: libvirt.uri, env: {} });
+    return bridgeWorker.call<BridgeRunResult>('burst', { count, domains: 1000 }, 300_000);
+  }).finally(async () => {
+    await bridgeWorker.call('stop', {}, 30_000).catch(() => undefined);
+    await bridgeWorker.close();
+    await purgeQueue(url);
+  });
   const bridgeMicros = micros(
     (bridge.result.resources.cpuPercent / 100) * bridge.result.resources.wallSeconds,
     count,

@@ -42,6 +42,20 @@ export async function clusterVhost(
   await cluster.ctl('add_vhost', vhost);
   await cluster.ctl('set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*');
   const urls = cluster.urls({ vhost });
+  // A vhost and its permissions reach every node shortly after add_vhost returns, not at once: wait
+  // until each node lets guest in (a benchmark's first connection was refused without this).
+  for (const url of urls.split(',')) {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const model = await connect(url).catch((error: unknown) => error as Error);
+      if (!(model instanceof Error)) {
+        await model.close().catch(() => undefined);
+        break;
+      }
+      if (Date.now() > deadline) throw model;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
   return { url: urls.split(',')[0]!, urls, vhost };
 }
 
