@@ -360,7 +360,7 @@ export class Demo {
     });
     const nodes = this.#cluster.nodes;
     this.#identities = await importIdentities(
-      { ctl: this.#cluster.ctl, dir: nodes[0]!.dir, urls: (o) => this.#cluster!.urls(o) },
+      { ctl: (...a) => this.#cluster!.ctl(...a), dir: nodes[0]!.dir, urls: (o) => this.#cluster!.urls(o) },
       [HOST],
       'virtbus',
     );

@@ -132,7 +132,11 @@ export class ClusterRig {
   async start(): Promise<void> {
     const names = this.options.hosts ?? ['cluster-host'];
     this.identities = await importIdentities(
-      { ctl: this.cluster.ctl, dir: this.cluster.nodes[0]!.dir, urls: (o) => this.cluster.urls(o) },
+      {
+        ctl: (...a) => this.cluster.ctl(...a),
+        dir: this.cluster.nodes[0]!.dir,
+        urls: (o) => this.cluster.urls(o),
+      },
       names,
       this.vhost,
     );

@@ -71,7 +71,10 @@ describe('a three-node RabbitMQ cluster losing nodes under load', () => {
       await cluster.nodes[victim]!.kill();
       await sleep(4000);
       const moved = await cluster.nodesOf(BRIDGE_USER);
-      assert.ok(moved.length > 0 && !moved.includes(victim), `the bridge reconnected elsewhere (${moved})`);
+      assert.ok(
+        moved.length > 0 && !moved.includes(victim),
+        `the bridge reconnected elsewhere (${moved.join(', ')})`,
+      );
       await cluster.nodes[victim]!.start(); // rejoins by itself
       return `node ${victim + 1} killed, restarted after 4 s`;
     });
