@@ -26,6 +26,8 @@ import * as consumer from './consumer';
 import * as memory from './memory';
 import * as scale from './scale';
 import * as overload from './overload';
+import * as cluster from './cluster';
+import * as fleet from './fleet';
 
 interface Benchmark {
   readonly id: string;
@@ -42,6 +44,8 @@ const BENCHMARKS: readonly Benchmark[] = [
   { id: '6', name: 'memory', run: memory.run },
   { id: '7', name: 'scale', run: scale.run },
   { id: '8', name: 'overload', run: overload.run },
+  { id: '10', name: 'cluster', run: cluster.run },
+  { id: '11', name: 'fleet', run: fleet.run },
 ];
 
 function option(args: readonly string[], name: string): string | undefined {

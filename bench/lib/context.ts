@@ -139,6 +139,11 @@ export class BenchContext {
     }
   }
 
+  /** Registers something to dispose at the end of the run (newest first). */
+  onCleanup(cleanup: () => Promise<unknown>): void {
+    this.#cleanups.push(cleanup);
+  }
+
   /** Disposes what the benchmarks left (workers, vhosts, daemons), newest first. */
   async cleanup(): Promise<void> {
     while (this.#cleanups.length > 0) {

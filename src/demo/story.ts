@@ -4,6 +4,9 @@
  * story — boot, pause, resume, reboot, a guest destroyed behind the system's back, a domain started
  * while its row says stopped — showing each message as it crosses the bus and the instance table
  * converging, with the action Nova would take. Everything it started is removed at the end or on Ctrl-C.
+ * With `cluster`, the broker is a three-node RabbitMQ cluster loaded with the generated per-host
+ * definitions (the bridge and the consumer log in as their own users, given the three node URLs),
+ * and a last scene SIGKILLs the node the bridge publishes to.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,13 +18,18 @@ import {
   metricValue,
   scrape,
   startLibvirtd,
+  importIdentities,
+  startRabbitCluster,
   startRabbitMQ,
   startVirtbus,
   VIRTBUS_BIN,
   type LibvirtdSandbox,
+  type BrokerIdentities,
+  type RabbitCluster,
   type RabbitSandbox,
   type ServiceProcess,
 } from '../sandbox';
+import { hostSegment } from '../messages/lifecycle';
 import { narrateBus, type BusNarration } from './narrate';
 import { loadNativeBinding } from '../native/binding';
 import type { NativeConnection } from '../native/contract';
@@ -53,6 +61,8 @@ export interface DemoOptions {
   readonly keep: boolean;
   readonly stopDelayMs: number;
   readonly colour: boolean;
+  /** A three-node RabbitMQ cluster with per-host broker identities instead of one node as guest. */
+  readonly cluster?: boolean;
   readonly out: (line: string) => void;
 }
 
@@ -61,6 +71,8 @@ const POWER = ['pending', 'running', '?', 'paused', 'shutdown', '?', 'crashed', 
 export class Demo {
   #libvirtd: LibvirtdSandbox | undefined;
   #rabbit: RabbitSandbox | undefined;
+  #cluster: RabbitCluster | undefined;
+  #identities: BrokerIdentities | undefined;
   #bridge: ServiceProcess | undefined;
   #consumer: ServiceProcess | undefined;
   #listener: BusNarration | undefined;
@@ -84,10 +96,17 @@ export class Demo {
     this.#say(bold(`── ${text} ${'─'.repeat(Math.max(0, 92 - text.length))}`));
   }
 
-  #env(): NodeJS.ProcessEnv {
+  #env(role: 'bridge' | 'consumer' = 'consumer'): NodeJS.ProcessEnv {
+    const identities = this.#identities;
+    const url = identities
+      ? role === 'bridge'
+        ? identities.bridgeUrl(HOST)
+        : identities.consumerUrl()
+      : (this.#rabbit?.url ?? '');
     return {
+      ...(identities ? { VIRTBUS_BRIDGE_DECLARE_TOPOLOGY: 'false' } : {}),
       VIRTBUS_HOST: HOST,
-      VIRTBUS_AMQP_URL: this.#rabbit?.url ?? '',
+      VIRTBUS_AMQP_URL: url,
       VIRTBUS_LIBVIRT_URI: this.#libvirtd?.uri ?? '',
       VIRTBUS_DB_URL: `sqlite:${join(this.#dir, 'virtbus.db')}`,
       VIRTBUS_STOP_DELAY_MS: String(this.options.stopDelayMs),
@@ -141,11 +160,15 @@ export class Demo {
   }
 
   async #listen(): Promise<void> {
-    this.#listener = await narrateBus(
-      this.#rabbit?.url ?? '',
-      (line) => this.#say(line),
-      this.options.colour,
-    );
+    let url = this.#rabbit?.url ?? '';
+    if (this.#cluster && this.#identities) {
+      // The narrator holds one plain connection: put it on a node the bridge is not on, the one
+      // scene 6 kills.
+      const bridgeNodes = await this.#cluster.nodesOf(hostSegment(HOST));
+      const urls = this.#identities.guestUrl().split(',');
+      url = urls.find((_, i) => !bridgeNodes.includes(i)) ?? urls[0] ?? '';
+    }
+    this.#listener = await narrateBus(url, (line) => this.#say(line), this.options.colour);
   }
 
   async play(): Promise<void> {
@@ -154,17 +177,22 @@ export class Demo {
     this.#say(
       `   sandbox directory ${this.#dir}; the stop delay is ${this.options.stopDelayMs} ms here (Nova: 15 s)`,
     );
-    this.#say('   starting a private libvirtd (test driver) and a private RabbitMQ node…');
-    [this.#libvirtd, this.#rabbit] = await Promise.all([
-      startLibvirtd(),
-      startRabbitMQ({ name: 'virtbus-demo' }),
-    ]);
-    this.#say(`   libvirtd ${this.#libvirtd.uri}`);
-    this.#say(
-      `   RabbitMQ amqp://127.0.0.1:${this.#rabbit.port}  (${Math.round((Date.now() - started) / 1000)} s)`,
-    );
+    if (this.options.cluster) await this.#startCluster(started);
+    else {
+      this.#say('   starting a private libvirtd (test driver) and a private RabbitMQ node…');
+      [this.#libvirtd, this.#rabbit] = await Promise.all([
+        startLibvirtd(),
+        startRabbitMQ({ name: 'virtbus-demo' }),
+      ]);
+      this.#say(`   libvirtd ${this.#libvirtd.uri}`);
+      this.#say(
+        `   RabbitMQ amqp://127.0.0.1:${this.#rabbit.port}  (${Math.round((Date.now() - started) / 1000)} s)`,
+      );
+    }
+    const libvirtd = this.#libvirtd;
+    if (!libvirtd) throw new Error('libvirtd did not start');
 
-    this.#keeper = await loadNativeBinding().openConnection(this.#libvirtd.uri, {
+    this.#keeper = await loadNativeBinding().openConnection(libvirtd.uri, {
       readOnly: false,
       keepaliveInterval: 0,
       keepaliveCount: 1,
@@ -173,9 +201,9 @@ export class Demo {
       const xml = `<domain type='test'><name>${instance.name}</name><uuid>${instance.uuid}</uuid><memory>65536</memory><os><type>hvm</type></os></domain>`;
       const file = join(this.#dir, `${instance.name}.xml`);
       writeFileSync(file, xml);
-      await this.#libvirtd.virsh('define', file);
+      await libvirtd.virsh('define', file);
     }
-    await this.#libvirtd.virsh('start', INSTANCES[1]!.name);
+    await libvirtd.virsh('start', INSTANCES[1]!.name);
     const now = new Date().toISOString();
     const rows = [
       {
@@ -217,7 +245,7 @@ export class Demo {
     // (in production deploy/rabbitmq/definitions.json declares it up front).
     this.#consumer = startVirtbus('consumer', this.#env());
     await this.#consumer.waitForLog('the consumer to consume', (l) => l.msg === 'consuming');
-    this.#bridge = startVirtbus('bridge', this.#env());
+    this.#bridge = startVirtbus('bridge', this.#env('bridge'));
     const [consumerMetrics, bridgeMetrics] = await Promise.all([
       this.#consumer.metricsUrl(),
       this.#bridge.metricsUrl(),
@@ -293,9 +321,11 @@ export class Demo {
         r.get(INSTANCES[2]!.uuid)?.task_state === null &&
         r.get(INSTANCES[2]!.uuid)?.last_action !== null,
     );
-    const state = (await this.#libvirtd.virsh('domstate', INSTANCES[2]!.name)).trim();
+    const state = (await libvirtd.virsh('domstate', INSTANCES[2]!.name)).trim();
     await this.#table();
     this.#say(`   $ virsh domstate ${INSTANCES[2]!.name}  →  ${state}`);
+
+    if (this.#cluster) await this.#nodeLost();
 
     this.#heading('metrics (Prometheus text format; queue depth first)');
     const bridgeText = await scrape(bridgeMetrics);
@@ -315,11 +345,64 @@ export class Demo {
     this.#say(`   done in ${Math.round((Date.now() - started) / 1000)} s`);
   }
 
+  /** Three nodes joined into a cluster, the definitions for this host imported into vhost virtbus. */
+  async #startCluster(started: number): Promise<void> {
+    this.#say(
+      '   starting a private libvirtd (test driver) and a three-node RabbitMQ cluster (join_cluster)…',
+    );
+    let cluster: Promise<RabbitCluster> | undefined;
+    [this.#libvirtd, this.#cluster] = await Promise.all([
+      startLibvirtd(),
+      (cluster = startRabbitCluster({ name: 'virtbus-demo' })),
+    ]).catch(async (error: unknown) => {
+      await cluster?.then((c) => c.dispose()).catch(() => undefined);
+      throw error;
+    });
+    const nodes = this.#cluster.nodes;
+    this.#identities = await importIdentities(
+      { ctl: (...a) => this.#cluster!.ctl(...a), dir: nodes[0]!.dir, urls: (o) => this.#cluster!.urls(o) },
+      [HOST],
+      'virtbus',
+    );
+    this.#say(`   libvirtd ${this.#libvirtd.uri}`);
+    for (const node of nodes) this.#say(`   RabbitMQ ${node.nodeName}  amqp://127.0.0.1:${node.port}`);
+    const replicas = await this.#cluster.replicas('virtbus');
+    this.#say(
+      `   definitions imported (virtbus broker definitions): bridge user ${hostSegment(HOST)}, consumer user virtbus-consumer; virtbus.consumer has ${replicas.get('virtbus.consumer')} quorum members  (${Math.round((Date.now() - started) / 1000)} s)`,
+    );
+  }
+
+  /** Cluster only: SIGKILL the node the bridge publishes to; the bridge moves on, nothing is lost. */
+  async #nodeLost(): Promise<void> {
+    const cluster = this.#cluster!;
+    const [victim = 0] = await cluster.nodesOf(hostSegment(HOST));
+    this.#heading(
+      `6. SIGKILL the RabbitMQ node the bridge publishes to (${cluster.nodes[victim]!.nodeName})`,
+    );
+    await cluster.nodes[victim]!.kill();
+    await this.#virsh('suspend', INSTANCES[0]!.name);
+    await this.#until(
+      'web-1 paused, through the remaining nodes',
+      (r) => r.get(INSTANCES[0]!.uuid)?.power_state === 3,
+    );
+    const [now] = await cluster.nodesOf(hostSegment(HOST));
+    this.#say(
+      `   the bridge reconnected to ${now === undefined ? '?' : cluster.nodes[now]!.nodeName}; the event waited in its outbox`,
+    );
+    await this.#table();
+    await this.#virsh('resume', INSTANCES[0]!.name);
+    this.#say('   restarting the killed node: it rejoins the cluster by itself');
+    await cluster.nodes[victim]!.start();
+    await cluster.waitFormed();
+    await this.#until('web-1 running', (r) => r.get(INSTANCES[0]!.uuid)?.power_state === 1);
+    await this.#table();
+  }
+
   /** Prints how to look around, then waits for Ctrl-C. */
   async keep(signal: Promise<void>): Promise<void> {
     this.#heading('--keep: everything stays up until Ctrl-C');
     this.#say(
-      `   export VIRTBUS_AMQP_URL=${this.#rabbit?.url ?? ''} VIRTBUS_DB_URL=sqlite:${join(this.#dir, 'virtbus.db')}`,
+      `   export VIRTBUS_AMQP_URL='${this.#identities?.observerUrl() ?? this.#rabbit?.url ?? ''}' VIRTBUS_DB_URL=sqlite:${join(this.#dir, 'virtbus.db')}`,
     );
     this.#say(`   virsh -c '${this.#libvirtd?.uri ?? ''}' list --all`);
     this.#say('   ./bin/virtbus tail        ./bin/virtbus instances list');
@@ -334,7 +417,7 @@ export class Demo {
     await this.#listener?.close();
     await this.#keeper?.close().catch(() => undefined);
     await Promise.allSettled([this.#bridge?.stop(), this.#consumer?.stop()]);
-    await Promise.allSettled([this.#rabbit?.dispose(), this.#libvirtd?.dispose()]);
+    await Promise.allSettled([this.#rabbit?.dispose(), this.#cluster?.dispose(), this.#libvirtd?.dispose()]);
     rmSync(this.#dir, { recursive: true, force: true });
     this.#say('   removed everything the demo started.');
   }

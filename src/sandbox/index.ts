@@ -7,3 +7,5 @@ export { startVirtbus, metricValue, scrape, VIRTBUS_BIN, type ServiceProcess } f
 export { startQemuHost, type QemuHost } from './qemu-host';
 export { type QemuGuest, type QemuGuestOptions, type GuestOrder } from './qemu-guest';
 export { ensureGuestImage, type GuestImage } from './qemu-image';
+export { startRabbitCluster, type RabbitCluster, type RabbitClusterOptions } from './rabbitmq-cluster';
+export { importIdentities, type BrokerIdentities, type IdentityBroker } from './broker-identities';

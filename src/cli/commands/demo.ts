@@ -1,9 +1,9 @@
-/** `virtbus demo [--hypervisor test|qemu] [--keep] [--stop-delay-ms N]`: the whole pipeline on a private sandbox. */
+/** `virtbus demo [--hypervisor test|qemu] [--cluster] [--keep] [--stop-delay-ms N]`: the whole pipeline on a private sandbox. */
 import { Demo } from '../../demo/story';
 import { QemuDemo } from '../../demo/qemu-story';
 import { parseArgs, UsageError } from '../usage';
 
-const HELP = `Usage: virtbus demo [--hypervisor test|qemu] [--keep] [--stop-delay-ms N] [--no-color]
+const HELP = `Usage: virtbus demo [--hypervisor test|qemu] [--cluster] [--keep] [--stop-delay-ms N] [--no-color]
 
 Starts a private libvirtd (test driver) and RabbitMQ node, the bridge and the consumer on SQLite,
 imports three instances and plays a short story — boot, pause, resume, reboot, a guest destroyed
@@ -16,8 +16,14 @@ each with its own bridge: a real boot, a reboot the guest does itself, a live mi
 to the other and a guest panic. About two minutes; needs qemu-system-x86 and the guest image that
 \`npm run setup\` builds (built on first use otherwise).
 
+With --cluster (test driver only) the broker is a three-node RabbitMQ cluster (joined with
+rabbitmqctl join_cluster, quorum queues on every node) loaded with the definitions \`virtbus broker
+definitions\` generates: the bridge and the consumer log in as their own users and are given the three
+node URLs; a last scene SIGKILLs the node the bridge publishes to. About a minute more.
+
 Options:
   --hypervisor H      test (default: libvirt's test driver, fast, no QEMU) or qemu (real guests)
+  --cluster           a three-node RabbitMQ cluster with per-host broker users instead of one node
   --keep              leave everything running at the end, until Ctrl-C
   --stop-delay-ms N   the delayed-STOPPED window (default 3000 here; Nova's and virtbus' default is 15000)
   --no-color          plain output
@@ -27,6 +33,7 @@ Ctrl-C at any time stops and removes everything the demo started.
 export async function run(argv: readonly string[]): Promise<number> {
   const args = parseArgs(argv, {
     keep: { value: false },
+    cluster: { value: false },
     hypervisor: { value: true },
     'stop-delay-ms': { value: true },
     'no-color': { value: false },
@@ -42,9 +49,12 @@ export async function run(argv: readonly string[]): Promise<number> {
   const hypervisor = args.flags.get('hypervisor')?.[0] ?? 'test';
   if (hypervisor !== 'test' && hypervisor !== 'qemu')
     throw new UsageError('--hypervisor must be test or qemu');
+  if (hypervisor === 'qemu' && args.flags.has('cluster'))
+    throw new UsageError('--cluster runs with the test driver only (leave out --hypervisor qemu)');
   const Story = hypervisor === 'qemu' ? QemuDemo : Demo;
   const demo = new Story({
     keep: args.flags.has('keep'),
+    cluster: args.flags.has('cluster'),
     stopDelayMs: delay,
     colour: !args.flags.has('no-color') && process.stdout.isTTY === true,
     out: (line) => process.stdout.write(`${line}\n`),
