@@ -1,7 +1,7 @@
 /**
  * Stop commands (consumer → bridge) and their results (bridge → consumer), on the command exchange
- * (amqp.commandExchange, topic, durable). Contract §4: Nova's stop / force_stop actions, executed by
- * the bridge of the instance's host. Schemas `virtbus.command/1` and `virtbus.command-result/1`.
+ * (amqp.commandExchange, topic, durable): Nova's stop / force_stop actions (compute_api.stop and
+ * force_stop, nova/compute/api.py), executed by the bridge of the instance's host (docs/consumer.md). Schemas `virtbus.command/1` and `virtbus.command-result/1`.
  */
 import { randomUUID } from 'node:crypto';
 import { hostSegment } from './lifecycle';
@@ -18,7 +18,7 @@ export interface StopCommand {
   readonly action: CommandAction;
   readonly host: string;
   readonly instance_uuid: string;
-  /** Why the consumer asked (the §3c branch), for the bridge's log. */
+  /** Why the consumer asked (the branch of _sync_instance_power_state taken), for the bridge's log. */
   readonly reason: string;
   readonly issued_at: string;
   /** The bridge ignores commands older than this (the consumer has given up by then). */

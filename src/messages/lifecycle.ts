@@ -1,6 +1,6 @@
 /**
- * The lifecycle message (bridge → bus), schema `virtbus.lifecycle/1`: see docs/message-format.md and
- * the product contract §3. Consumers ignore unknown fields; a breaking change bumps the schema.
+ * The lifecycle message (bridge → bus), schema `virtbus.lifecycle/1`: see docs/message-format.md (every
+ * field, with captured examples). Consumers ignore unknown fields; a breaking change bumps the schema.
  */
 import { randomUUID } from 'node:crypto';
 import type { PowerStateCode } from '../libvirt/constants';
@@ -140,7 +140,7 @@ export function buildLifecycleMessage(fields: LifecycleFields): LifecycleMessage
 
 /**
  * amqp.format = oslo: the same fields as the payload of an oslo.messaging v2 envelope, whose
- * `oslo.message` is a JSON *string* (nova-lifecycle.md §6).
+ * `oslo.message` is a JSON *string* (oslo.messaging's serialize_msg, _drivers/common.py).
  */
 export function osloEnvelope(message: LifecycleMessage, publishedMicros: number): object {
   const inner = {

@@ -13,7 +13,7 @@
  *   await host.stop() / kill() / start();                // daemon only: qemu processes keep running
  *   await host.dispose();                                // destroys every guest, removes the dir
  *
- * Why each piece (verified recipe: shared/notes/environment.md, "A real hypervisor"):
+ * Why each piece (the recipe docs/testing.md describes, verified on this machine kind):
  * - The daemon runs under `unshare -m` with private directories bind-mounted over /run/libvirt,
  *   /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt and /etc/libvirt: two root libvirtds would
  *   otherwise fight over pid files and share definitions. Bind mounts (not tmpfs) keep the state on

@@ -2,38 +2,21 @@
  * The command line: `virtbus instances import|list|set` against a SQLite file and a PostgreSQL
  * database, `virtbus consumer --help`, and bad configuration or usage exiting 2 with the key named.
  */
+import { virtbusCli, type CliRun } from '../support/cli';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { VIRTBUS_BIN } from '../support/bridge-process';
 import { testPostgresUrl } from '../support/services';
 import { tempSqliteUrl } from '../support/consumer';
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-function virtbus(args: readonly string[], env: Record<string, string> = {}, input?: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [VIRTBUS_BIN, ...args], {
-      env: { ...process.env, VIRTBUS_LOG_LEVEL: 'warn', ...env },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(input ?? '');
-  });
-}
+const virtbus = (
+  args: readonly string[],
+  env: Record<string, string> = {},
+  input?: string,
+): Promise<CliRun> => virtbusCli(args, env, input === undefined ? {} : { input });
 
 const dir = mkdtempSync(join(tmpdir(), 'virtbus-cli-'));
 

@@ -12,14 +12,13 @@
  *   planted in the dead-letter exchange by anyone but the consumer is never replayed;
  * - `purge` asks, does nothing on "n", and with --yes empties the queue.
  */
+import { virtbusCli, type CliRun } from '../support/cli';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { ORIGINAL_USER_HEADER, REPLAY_HEADER } from '../../src/consumer/dead-letters-origin';
 import { describeDeadLetter, replayMessage, type DeadLetterEntry } from '../../src/consumer/dead-letters';
 import { lifecycleRoutingKey, type LifecycleMessage } from '../../src/messages/lifecycle';
-import { VIRTBUS_BIN } from '../support/bridge-process';
 import {
   attempt,
   CONSUMER,
@@ -33,12 +32,6 @@ import {
 } from '../security/broker-fixture';
 import { EventFactory, instance, row, startConsumer, tempSqliteUrl, waitUntil } from '../support/consumer';
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
 describe('dead-letters list, replay and purge against the sender checks', async () => {
   const broker = await startSecureBroker();
   const consumerUrl = broker.url(CONSUMER);
@@ -48,20 +41,8 @@ describe('dead-letters list, replay and purge against the sender checks', async 
   const uuidA = '7d1e0000-0000-4000-8000-00000000000a';
   const victimB = '7d1e0000-0000-4000-8000-00000000000b';
 
-  const virtbus = (args: readonly string[], input = ''): Promise<Run> =>
-    new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [VIRTBUS_BIN, 'dead-letters', ...args], {
-        env: { PATH: process.env.PATH ?? '', VIRTBUS_AMQP_URL: consumerUrl, VIRTBUS_LOG_LEVEL: 'warn' },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on('error', reject);
-      child.on('close', (code) => resolve({ code, stdout, stderr }));
-      child.stdin.end(input);
-    });
+  const virtbus = (args: readonly string[], input = ''): Promise<CliRun> =>
+    virtbusCli(['dead-letters', ...args], { VIRTBUS_AMQP_URL: consumerUrl }, { input, cleanEnv: true });
 
   const list = async (): Promise<DeadLetterEntry[]> => {
     const run = await virtbus(['list', '--json']);

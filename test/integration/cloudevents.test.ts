@@ -4,10 +4,8 @@
  * body), and by a real `virtbus consumer`, which applies them like any other format: binary mode
  * first, then the same host's bridge restarted in structured mode.
  */
+import { instance, row, tempSqliteUrl } from '../support/consumer';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { HTTP, type CloudEventV1 } from 'cloudevents';
 import { startVirtbus, type ServiceProcess } from '../support/bridge-process';
@@ -16,31 +14,10 @@ import { domainXml, openDriver } from '../support/domains';
 import { testBroker, testLibvirtd } from '../support/services';
 import { waitUntil } from '../../src/sandbox';
 import { openStore } from '../../src/store/open';
-import type { InstanceRow, InstanceStore } from '../../src/store/types';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';
 import { createLogger } from '../../src/util/log';
 
-/** A SQLite database in a temp dir, removed after the file (kept local: the file stands alone). */
-function tempSqliteUrl(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'virtbus-events-'));
-  after(() => rmSync(dir, { recursive: true, force: true }));
-  return `sqlite:${join(dir, 'instances.db')}`;
-}
-
-async function row(store: InstanceStore, uuid: string): Promise<InstanceRow> {
-  const found = await store.get(uuid);
-  if (!found) throw new Error(`no row ${uuid}`);
-  return found;
-}
-
-const activeRow = (uuid: string, host: string) => ({
-  uuid,
-  host,
-  vm_state: 'active',
-  task_state: null,
-  power_state: 1,
-  launched_at: '2026-01-01T00:00:00.000000Z',
-});
+const activeRow = (uuid: string, host: string) => instance({ uuid, host });
 
 const HOST = 'cmp-07.example.org';
 const EXCHANGE_ARGS = { arguments: { 'alternate-exchange': 'virtbus.unroutable' } };

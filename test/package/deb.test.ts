@@ -144,7 +144,10 @@ describe('the Debian package on a fresh Debian 12', () => {
   it('ships `virtbus demo`, which names what it is missing (the Suggests) instead of failing obscurely', async () => {
     const demo = await inRoot(root, 'virtbus demo --no-color </dev/null');
     assert.notEqual(demo.code, 0);
-    assert.match(demo.stderr, /libvirtd is not installed.*apt-get install libvirt-daemon/);
+    assert.match(
+      demo.stderr,
+      /libvirtd is not installed.*rabbitmq-server is not installed.*apt-get install libvirt-daemon libvirt-clients rabbitmq-server/,
+    );
   });
 
   it('an upgrade to the current build keeps the outbox journal, the database and an edited conffile', async () => {

@@ -10,15 +10,11 @@
  * cluster belongs to the test file (three nodes take long to form) and each scenario gets a fresh
  * vhost with its own definitions, hosts, consumers and database.
  */
-import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChannelModel } from 'amqplib';
-import { AmqpConnection } from '../../src/amqp/connection';
-import { createLogger } from '../../src/util/log';
+import type { AmqpConnection } from '../../src/amqp/connection';
 import { loadNativeBinding } from '../../src/native/binding';
 import type { NativeConnection } from '../../src/native/contract';
 import { powerStateOf } from '../../src/libvirt/power-state';
@@ -30,14 +26,13 @@ import {
   scrape,
   startLibvirtd,
   startVirtbus,
-  VIRTBUS_BIN,
   type BrokerIdentities,
   type LibvirtdSandbox,
   type RabbitCluster,
   type ServiceProcess,
 } from '../../src/sandbox';
+import { importRows, runVirtbus, startRecorder, toggleLoad } from './rig-parts';
 
-const run = promisify(execFile);
 const RECORDER_QUEUE = 'cluster.recorder';
 
 export interface ClusterRigOptions {
@@ -198,67 +193,45 @@ export class ClusterRig {
         launched_at: '2026-12-01T00:00:00Z',
       })),
     ]);
-    const file = join(this.dir, 'instances.json');
-    writeFileSync(file, JSON.stringify(rows));
-    await this.virtbus('instances', 'import', file);
+    await importRows(this.dir, this.env(), rows);
   }
 
-  async virtbus(...args: string[]): Promise<string> {
-    const { stdout } = await run(process.execPath, [VIRTBUS_BIN, ...args], {
-      env: { ...process.env, ...this.env() },
-      maxBuffer: 64 * 1024 * 1024,
-    });
-    return stdout;
+  virtbus(...args: string[]): Promise<string> {
+    return runVirtbus(this.env(), ...args);
   }
 
   /** Records every lifecycle event, stop command and stop result, from any node of the cluster. */
   async #startRecorder(): Promise<void> {
-    const recorder = new AmqpConnection({
+    this.#recorder = await startRecorder({
       url: this.identities.guestUrl(),
-      heartbeatSeconds: 5,
-      tls: { caFile: '', certFile: '', keyFile: '', passphrase: '', verify: true },
-      connectionName: 'cluster recorder',
-      reconnectInitialDelayMs: 200,
-      reconnectMaxDelayMs: 1000,
-      logger: createLogger('silent', 'recorder'),
-    });
-    const ready = new Promise<void>((resolve) => {
-      recorder.on('up', (model: ChannelModel) => {
-        void (async () => {
-          const channel = await model.createChannel();
-          await channel.assertQueue(RECORDER_QUEUE, {
-            durable: true,
-            arguments: { 'x-queue-type': 'quorum' },
+      name: 'cluster recorder',
+      declare: async (channel) => {
+        await channel.assertQueue(RECORDER_QUEUE, {
+          durable: true,
+          arguments: { 'x-queue-type': 'quorum' },
+        });
+        await channel.bindQueue(RECORDER_QUEUE, 'virtbus.lifecycle', '#');
+        await channel.bindQueue(RECORDER_QUEUE, 'virtbus.commands', '#');
+        return RECORDER_QUEUE;
+      },
+      record: (message) => {
+        const body = JSON.parse(message.content.toString()) as Record<string, unknown>;
+        if (message.fields.exchange === 'virtbus.commands') {
+          if (message.fields.routingKey.endsWith('.stop_result')) this.results.push(body as never);
+          else this.commands.push(body as never);
+        } else {
+          const event = body as unknown as LifecycleMessage;
+          this.recorded.push({
+            eventId: event.event_id,
+            host: event.host,
+            uuid: event.instance_uuid,
+            transition: event.transition,
+            bootId: event.boot_id,
+            seq: event.seq,
           });
-          await channel.bindQueue(RECORDER_QUEUE, 'virtbus.lifecycle', '#');
-          await channel.bindQueue(RECORDER_QUEUE, 'virtbus.commands', '#');
-          await channel.prefetch(1000);
-          await channel.consume(RECORDER_QUEUE, (message) => {
-            if (!message) return;
-            const body = JSON.parse(message.content.toString()) as Record<string, unknown>;
-            if (message.fields.exchange === 'virtbus.commands') {
-              if (message.fields.routingKey.endsWith('.stop_result')) this.results.push(body as never);
-              else this.commands.push(body as never);
-            } else {
-              const event = body as unknown as LifecycleMessage;
-              this.recorded.push({
-                eventId: event.event_id,
-                host: event.host,
-                uuid: event.instance_uuid,
-                transition: event.transition,
-                bootId: event.boot_id,
-                seq: event.seq,
-              });
-            }
-            channel.ack(message);
-          });
-          resolve();
-        })().catch(() => undefined);
-      });
+        }
+      },
     });
-    recorder.start();
-    this.#recorder = recorder;
-    await ready;
   }
 
   async startConsumer(): Promise<ServiceProcess> {
@@ -285,41 +258,14 @@ export class ClusterRig {
   /** Toggles suspend/resume over every loaded domain of every host (one worker per host). */
   startLoad(): void {
     this.#loadRunning = true;
-    const intervalMs = (1000 * this.hosts.length) / (this.options.rate ?? 600);
-    const paused = new Set<string>();
-    this.#loadDone = Promise.all(
-      this.hosts.map(async (host) => {
-        let next = Date.now();
-        while (this.#loadRunning) {
-          for (const uuid of host.uuids) {
-            if (!this.#loadRunning) break;
-            next += intervalMs;
-            const wait = next - Date.now();
-            if (wait > 1) await sleep(wait);
-            else if (wait < -1000) next = Date.now(); // fell behind: do not burst
-            const pausing = !paused.has(uuid);
-            try {
-              if (pausing) await host.driver.suspend(uuid);
-              else await host.driver.resume(uuid);
-            } catch {
-              // Not in the state assumed (left paused by an earlier run of the load, or the call
-              // failed): learn the real state, then go on.
-              try {
-                if ((await host.driver.domainState(uuid)).state === 3) paused.add(uuid);
-                else paused.delete(uuid);
-              } catch {
-                // libvirtd busy or away: try again shortly
-              }
-              await sleep(50);
-              continue;
-            }
-            if (pausing) paused.add(uuid);
-            else paused.delete(uuid);
-            this.#driven += 1;
-          }
-        }
-      }),
-    ).then(() => undefined);
+    this.#loadDone = toggleLoad(
+      this.hosts.map((host) => ({ driver: () => host.driver, uuids: host.uuids })),
+      this.options.rate ?? 600,
+      () => this.#loadRunning,
+      () => {
+        this.#driven += 1;
+      },
+    );
   }
 
   async stopLoad(): Promise<void> {

@@ -6,15 +6,11 @@
  * itself. After the fault it measures what arrived and how long the database took to match
  * every domain's real state.
  */
-import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChannelModel } from 'amqplib';
-import { AmqpConnection } from '../../src/amqp/connection';
-import { createLogger } from '../../src/util/log';
+import type { AmqpConnection } from '../../src/amqp/connection';
 import { loadNativeBinding } from '../../src/native/binding';
 import type { NativeConnection } from '../../src/native/contract';
 import { powerStateOf } from '../../src/libvirt/power-state';
@@ -25,14 +21,13 @@ import {
   startLibvirtd,
   startRabbitMQ,
   startVirtbus,
-  VIRTBUS_BIN,
   type LibvirtdSandbox,
   type RabbitSandbox,
   type ServiceProcess,
 } from '../../src/sandbox';
 import { onTeardown } from './services';
+import { importRows, runVirtbus, startRecorder, toggleLoad } from './rig-parts';
 
-const run = promisify(execFile);
 export const HOST = 'fault-host';
 const RECORDER_QUEUE = 'faults.recorder';
 
@@ -161,59 +156,37 @@ export class FaultRig {
       power_state: 1,
       launched_at: '2026-11-27T00:00:00Z',
     }));
-    const file = join(this.dir, 'instances.json');
-    writeFileSync(file, JSON.stringify(rows));
-    await this.virtbus('instances', 'import', file);
+    await importRows(this.dir, this.env(), rows);
   }
 
-  async virtbus(...args: string[]): Promise<string> {
-    const { stdout } = await run(process.execPath, [VIRTBUS_BIN, ...args], {
-      env: { ...process.env, ...this.env() },
-      maxBuffer: 64 * 1024 * 1024,
-    });
-    return stdout;
+  virtbus(...args: string[]): Promise<string> {
+    return runVirtbus(this.env(), ...args);
   }
 
   async #startRecorder(): Promise<void> {
-    const recorder = new AmqpConnection({
+    this.#recorder = await startRecorder({
       url: this.rabbit.url,
-      heartbeatSeconds: 5,
-      tls: { caFile: '', certFile: '', keyFile: '', passphrase: '', verify: true },
-      connectionName: 'fault recorder',
-      reconnectInitialDelayMs: 200,
-      reconnectMaxDelayMs: 1000,
-      logger: createLogger('silent', 'recorder'),
+      name: 'fault recorder',
+      declare: async (channel) => {
+        await channel.assertExchange('virtbus.lifecycle', 'topic', {
+          durable: true,
+          arguments: { 'alternate-exchange': 'virtbus.unroutable' },
+        });
+        await channel.assertQueue(RECORDER_QUEUE, { durable: true });
+        await channel.bindQueue(RECORDER_QUEUE, 'virtbus.lifecycle', '#');
+        return RECORDER_QUEUE;
+      },
+      record: (message) => {
+        const body = JSON.parse(message.content.toString()) as LifecycleMessage;
+        this.recorded.push({
+          eventId: body.event_id,
+          uuid: body.instance_uuid,
+          transition: body.transition,
+          bootId: body.boot_id,
+          seq: body.seq,
+        });
+      },
     });
-    const ready = new Promise<void>((resolve) => {
-      recorder.on('up', (model: ChannelModel) => {
-        void (async () => {
-          const channel = await model.createChannel();
-          await channel.assertExchange('virtbus.lifecycle', 'topic', {
-            durable: true,
-            arguments: { 'alternate-exchange': 'virtbus.unroutable' },
-          });
-          await channel.assertQueue(RECORDER_QUEUE, { durable: true });
-          await channel.bindQueue(RECORDER_QUEUE, 'virtbus.lifecycle', '#');
-          await channel.prefetch(1000);
-          await channel.consume(RECORDER_QUEUE, (message) => {
-            if (!message) return;
-            const body = JSON.parse(message.content.toString()) as LifecycleMessage;
-            this.recorded.push({
-              eventId: body.event_id,
-              uuid: body.instance_uuid,
-              transition: body.transition,
-              bootId: body.boot_id,
-              seq: body.seq,
-            });
-            channel.ack(message);
-          });
-          resolve();
-        })().catch(() => undefined);
-      });
-    });
-    recorder.start();
-    this.#recorder = recorder;
-    await ready;
   }
 
   async startConsumer(): Promise<ServiceProcess> {
@@ -231,46 +204,22 @@ export class FaultRig {
   /** Starts toggling suspend/resume over every domain from several workers until stopLoad(). */
   startLoad(): void {
     this.#loadRunning = true;
-    const workers = this.options.workers ?? 4;
-    const paused = new Set<string>();
-    this.#loadDone = Promise.all(
-      Array.from({ length: workers }, async (_, worker) => {
-        const mine = this.uuids.filter((_, index) => index % workers === worker);
-        const intervalMs = (1000 * workers) / (this.options.rate ?? 1000);
-        let next = Date.now();
-        while (this.#loadRunning) {
-          for (const uuid of mine) {
-            if (!this.#loadRunning) break;
-            next += intervalMs;
-            const wait = next - Date.now();
-            if (wait > 1) await sleep(wait);
-            else if (wait < -1000) next = Date.now(); // fell behind (an outage): do not burst
-            const pausing = !paused.has(uuid);
-            try {
-              if (pausing) await this.driver.suspend(uuid);
-              else await this.driver.resume(uuid);
-            } catch {
-              // libvirtd down or the domain recreated (a restarted test driver): learn its real
-              // state, then try again shortly
-              try {
-                if ((await this.driver.domainState(uuid)).state === 3) paused.add(uuid);
-                else paused.delete(uuid);
-              } catch {
-                // still down
-              }
-              await sleep(50);
-              continue;
-            }
-            if (pausing) paused.add(uuid);
-            else paused.delete(uuid);
-            this.#injected += 1;
-            const list = this.produced.get(uuid) ?? [];
-            list.push(pausing ? 'paused' : 'resumed');
-            this.produced.set(uuid, list);
-          }
-        }
-      }),
-    ).then(() => undefined);
+    const count = this.options.workers ?? 4;
+    const workers = Array.from({ length: count }, (_, worker) => ({
+      driver: () => this.driver,
+      uuids: this.uuids.filter((_, index) => index % count === worker),
+    }));
+    this.#loadDone = toggleLoad(
+      workers,
+      this.options.rate ?? 1000,
+      () => this.#loadRunning,
+      (uuid, pausing) => {
+        this.#injected += 1;
+        const list = this.produced.get(uuid) ?? [];
+        list.push(pausing ? 'paused' : 'resumed');
+        this.produced.set(uuid, list);
+      },
+    );
   }
 
   async stopLoad(): Promise<void> {

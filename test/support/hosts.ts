@@ -1,35 +1,15 @@
 /**
- * Shared by the hosts-view tests: the `virtbus` command line as a child process, and a bridge's
+ * Shared by the hosts-view tests: `hosts list` of one host, and a bridge's
  * complete snapshot (one sync per domain and the sync_end) announcing its periodic interval.
  */
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import type { PowerStateCode } from '../../src/libvirt/constants';
 import { buildLifecycleMessage, type LifecycleMessage } from '../../src/messages/lifecycle';
 import { isoMicros } from '../../src/util/time';
-import { VIRTBUS_BIN } from './bridge-process';
+import { virtbusCli } from './cli';
 import type { EventFactory } from './consumer';
 
-export interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-export function virtbusCli(args: readonly string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [VIRTBUS_BIN, ...args], {
-      env: { ...process.env, VIRTBUS_LOG_LEVEL: 'warn', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+export { virtbusCli } from './cli';
 
 /** `hosts list --json` of one host, parsed. */
 export async function listedHost(dbUrl: string, host: string): Promise<Record<string, unknown> | undefined> {

@@ -1,6 +1,7 @@
 /** `virtbus demo [--hypervisor test|qemu] [--cluster] [--keep] [--stop-delay-ms N]`: the whole pipeline on a private sandbox. */
 import { Demo } from '../../demo/story';
 import { QemuDemo } from '../../demo/qemu-story';
+import { describeMissing, missingForDemo } from '../../demo/requirements';
 import { parseArgs, UsageError } from '../usage';
 
 const HELP = `Usage: virtbus demo [--hypervisor test|qemu] [--cluster] [--keep] [--stop-delay-ms N] [--no-color]
@@ -51,6 +52,11 @@ export async function run(argv: readonly string[]): Promise<number> {
     throw new UsageError('--hypervisor must be test or qemu');
   if (hypervisor === 'qemu' && args.flags.has('cluster'))
     throw new UsageError('--cluster runs with the test driver only (leave out --hypervisor qemu)');
+  const missing = missingForDemo(hypervisor);
+  if (missing.length > 0) {
+    process.stderr.write(`${describeMissing(missing)}\n`);
+    return 1;
+  }
   const Story = hypervisor === 'qemu' ? QemuDemo : Demo;
   const demo = new Story({
     keep: args.flags.has('keep'),
