@@ -11,6 +11,7 @@
  * worst, which the consumer's ordering guard absorbs (nothing older than the row is applied again).
  */
 import type { Channel, ChannelModel, ConfirmChannel, GetMessage, Message, Options } from 'amqplib';
+import { copyMessageProperties } from './publishing';
 import { isoMicros, nowMicros } from '../util/time';
 import {
   deadLetterOrigin,
@@ -155,13 +156,7 @@ export function replayMessage(
   };
   if (entry.originalUser !== null) headers[ORIGINAL_USER_HEADER] = entry.originalUser;
   const options: Options.Publish = { headers, persistent: true, mandatory: true, userId: selfUser };
-  if (properties.contentType) options.contentType = properties.contentType as string;
-  if (properties.contentEncoding) options.contentEncoding = properties.contentEncoding as string;
-  if (properties.messageId) options.messageId = properties.messageId as string;
-  if (properties.type) options.type = properties.type as string;
-  if (properties.appId) options.appId = properties.appId as string;
-  if (properties.timestamp) options.timestamp = properties.timestamp as number;
-  if (properties.correlationId) options.correlationId = properties.correlationId as string;
+  copyMessageProperties(properties, options);
   return { content: message.content, options };
 }
 

@@ -4,7 +4,7 @@
  * reason and where it came from), and the shape of a stop command on the wire. Kept apart so the
  * service reads as the pipeline it is, and so the command's wire properties have one home.
  */
-import type { ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
+import type { ConfirmChannel, ConsumeMessage, Message, MessageProperties, Options } from 'amqplib';
 import { commandRoutingKey, type StopCommand } from '../messages/command';
 import { APP_ID } from '../messages/lifecycle';
 import { isoMicros, nowMicros } from '../util/time';
@@ -77,6 +77,16 @@ export function deadLetterOptions(
     headers[ORIGINAL_USER_HEADER] = origin.userId;
   const options: Options.Publish = { headers, persistent: true };
   if (selfUser) options.userId = selfUser;
+  copyMessageProperties(properties, options);
+  return options;
+}
+
+/**
+ * A message's own AMQP properties (content type and encoding, id, type, app, timestamp, correlation)
+ * onto the options it is published again with (a dead letter, a replay): unchanged, so readers see
+ * the message as its sender sent it.
+ */
+export function copyMessageProperties(properties: MessageProperties, options: Options.Publish): void {
   if (properties.contentType) options.contentType = properties.contentType as string;
   if (properties.contentEncoding) options.contentEncoding = properties.contentEncoding as string;
   if (properties.messageId) options.messageId = properties.messageId as string;
@@ -84,7 +94,6 @@ export function deadLetterOptions(
   if (properties.appId) options.appId = properties.appId as string;
   if (properties.timestamp) options.timestamp = properties.timestamp as number;
   if (properties.correlationId) options.correlationId = properties.correlationId as string;
-  return options;
 }
 
 /** How much of an oversized body goes to the dead-letter queue (enough to see what it was). */

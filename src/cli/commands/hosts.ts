@@ -12,6 +12,7 @@ import { openStore } from '../../store/open';
 import type { HostStore } from '../../store/hosts-types';
 import { createLogger } from '../../util/log';
 import { isoMicros, nowMicros } from '../../util/time';
+import { formatTable } from '../table';
 import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
 
 const HELP = `Usage: virtbus hosts <list|disable|enable> [options] [config flags]
@@ -114,15 +115,7 @@ function table(views: readonly HostView[], nowUs: number): string {
           : `expired: ${maintenance.reason}`,
     ];
   });
-  const widths = header.map((title, index) =>
-    Math.max(title.length, ...lines.map((line) => (line[index] ?? '').length)),
-  );
-  const format = (cells: readonly string[]): string =>
-    cells
-      .map((cell, index) => (index === cells.length - 1 ? cell : cell.padEnd(widths[index] ?? 0)))
-      .join('  ')
-      .trimEnd();
-  return [format(header), ...lines.map(format)].join('\n') + '\n';
+  return formatTable(header, lines);
 }
 
 async function list(hosts: HostStore, json: boolean): Promise<number> {

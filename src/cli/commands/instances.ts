@@ -11,6 +11,7 @@ import { openStore } from '../../store/open';
 import type { InstanceRow, InstanceStore } from '../../store/types';
 import { createLogger } from '../../util/log';
 import { isoMicros, nowMicros } from '../../util/time';
+import { formatTable } from '../table';
 import { CONFIG_FLAGS, parseArgs, UsageError } from '../usage';
 
 const HELP = `Usage: virtbus instances <import|list|set> [options] [config flags]
@@ -84,15 +85,7 @@ function table(rows: readonly InstanceRow[]): string {
     row.last_action ?? '-',
     row.last_error ?? '-',
   ]);
-  const widths = header.map((title, index) =>
-    Math.max(title.length, ...lines.map((line) => (line[index] ?? '').length)),
-  );
-  const format = (cells: readonly string[]): string =>
-    cells
-      .map((cell, index) => (index === cells.length - 1 ? cell : cell.padEnd(widths[index] ?? 0)))
-      .join('  ')
-      .trimEnd();
-  return [format(header), ...lines.map(format)].join('\n') + '\n';
+  return formatTable(header, lines);
 }
 
 async function importRows(store: InstanceStore, file: string): Promise<number> {
