@@ -45,12 +45,15 @@ async function runWorker(ownLoop: boolean): Promise<WorkerReport> {
     eval: true,
     workerData: { bindingPath: require.resolve('../../src/native/binding'), ownLoop },
   });
+  // 'exit' comes after the worker's environment was torn down (and gave up the queue if it held it).
+  // Listened for from the start: on a busy machine it can be emitted right after 'message', before
+  // a listener attached once the report arrived would exist (the test then never ended).
+  const exited = new Promise((resolve) => worker.once('exit', resolve));
   const report = await new Promise<WorkerReport>((resolve, reject) => {
     worker.once('message', resolve);
     worker.once('error', reject);
   });
-  // 'exit' comes after the worker's environment was torn down (and gave up the queue if it held it).
-  await new Promise((resolve) => worker.once('exit', resolve));
+  await exited;
   return report;
 }
 
