@@ -4,20 +4,16 @@
  * body), and by a real `virtbus consumer`, which applies them like any other format: binary mode
  * first, then the same host's bridge restarted in structured mode.
  */
-import { instance, row, tempSqliteUrl } from '../support/consumer';
+import { instance, row, tempSqliteStore } from '../support/consumer';
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { HTTP, type CloudEventV1 } from 'cloudevents';
 import { startVirtbus, type ServiceProcess } from '../support/bridge-process';
 import { BusRecorder, type Received } from '../support/bus';
-import { domainXml, openDriver } from '../support/domains';
+import { openDriver, startedDomain } from '../support/domains';
 import { testBroker, testLibvirtd } from '../support/services';
 import { waitUntil } from '../../src/sandbox';
-import { openStore } from '../../src/store/open';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';
-import { createLogger } from '../../src/util/log';
-
-const activeRow = (uuid: string, host: string) => instance({ uuid, host });
 
 const HOST = 'cmp-07.example.org';
 const EXCHANGE_ARGS = { arguments: { 'alternate-exchange': 'virtbus.unroutable' } };
@@ -36,15 +32,9 @@ describe('CloudEvents from a real bridge through a real broker', async () => {
   const [libvirtd, broker] = await Promise.all([testLibvirtd(), testBroker()]);
   const driver = await openDriver(libvirtd.uri);
   after(() => driver.close());
-  const dbUrl = tempSqliteUrl();
-  const store = openStore(
-    { url: dbUrl, poolSize: 1, sqliteSynchronous: 'full', busyTimeoutMs: 5000 },
-    createLogger('silent', 'test'),
-  );
-  after(() => store.close());
-  const domain = await driver.defineXML(domainXml('ce-1'));
-  await driver.start(domain.uuid);
-  await store.upsert([activeRow(domain.uuid, HOST)]);
+  const { url: dbUrl, store } = tempSqliteStore();
+  const domain = await startedDomain(driver, 'ce-1');
+  await store.upsert([instance({ uuid: domain.uuid, host: HOST })]);
 
   const bus = await BusRecorder.listen<unknown>(broker.url, 'virtbus.lifecycle', ['#'], EXCHANGE_ARGS);
   after(() => bus.close());

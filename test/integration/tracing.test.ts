@@ -6,21 +6,17 @@
  * span, and the stop command and instance.update notifications it caused carry the consumer's span
  * as their traceparent.
  */
-import { instance, row, tempSqliteUrl } from '../support/consumer';
+import { instance, row, tempSqliteStore } from '../support/consumer';
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { startVirtbus, type ServiceProcess } from '../support/bridge-process';
 import { BusRecorder, type Received } from '../support/bus';
-import { domainXml, openDriver } from '../support/domains';
+import { openDriver, startedDomain } from '../support/domains';
 import { OtlpReceiver, type ReceivedSpan } from '../support/otlp-receiver';
 import { testBroker, testLibvirtd } from '../support/services';
 import { waitUntil } from '../../src/sandbox';
-import { openStore } from '../../src/store/open';
 import type { LifecycleMessage } from '../../src/messages/lifecycle';
 import type { StopCommand } from '../../src/messages/command';
-import { createLogger } from '../../src/util/log';
-
-const activeRow = (uuid: string, host: string) => instance({ uuid, host });
 
 const HOST = 'cmp-09.example.org';
 const SEGMENT = 'cmp-09_example_org';
@@ -46,15 +42,9 @@ describe('trace context from bridge to consumer, exported over OTLP/HTTP', async
   after(() => receiver.close());
   const driver = await openDriver(libvirtd.uri);
   after(() => driver.close());
-  const dbUrl = tempSqliteUrl();
-  const store = openStore(
-    { url: dbUrl, poolSize: 1, sqliteSynchronous: 'full', busyTimeoutMs: 5000 },
-    createLogger('silent', 'test'),
-  );
-  after(() => store.close());
-  const domain = await driver.defineXML(domainXml('traced-1'));
-  await driver.start(domain.uuid);
-  await store.upsert([activeRow(domain.uuid, HOST)]);
+  const { url: dbUrl, store } = tempSqliteStore();
+  const domain = await startedDomain(driver, 'traced-1');
+  await store.upsert([instance({ uuid: domain.uuid, host: HOST })]);
 
   const lifecycle = await BusRecorder.listen(broker.url, 'virtbus.lifecycle', ['#'], EXCHANGE_ARGS);
   const commands = await BusRecorder.listen<StopCommand>(broker.url, 'virtbus.commands', ['*.stop']);

@@ -47,6 +47,17 @@ export function tempSqliteUrl(): string {
   return `sqlite:${join(dir, 'instances.db')}`;
 }
 
+/** A fresh SQLite instance store (tempSqliteUrl), closed after the test file; with its URL for the processes. */
+export function tempSqliteStore(): { readonly url: string; readonly store: InstanceStore } {
+  const url = tempSqliteUrl();
+  const store = openStore(
+    { url, poolSize: 1, sqliteSynchronous: 'full', busyTimeoutMs: 5000 },
+    createLogger('silent', 'test'),
+  );
+  after(() => store.close());
+  return { url, store };
+}
+
 export function consumerConfig(env: Record<string, string>): VirtbusConfig {
   return loadConfig({
     role: 'consumer',

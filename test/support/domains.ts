@@ -18,6 +18,13 @@ export async function openDriver(uri: string): Promise<NativeConnection> {
   });
 }
 
+/** Defines a persistent domain named `name` and starts it. */
+export async function startedDomain(driver: NativeConnection, name: string): Promise<DomainRef> {
+  const ref = await driver.defineXML(domainXml(name));
+  await driver.start(ref.uuid);
+  return ref;
+}
+
 /** Creates `count` running transient domains named `${prefix}-<i>`. */
 export async function createDomains(
   driver: NativeConnection,
