@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { declareTopology } from './lib/amqp';
 import type { BenchContext, BenchResult } from './lib/context';
 import type { Worker } from './lib/ipc';
+import { driveAll, type DriveOptions } from './lib/drive';
 import { round } from './lib/stats';
 import { summary } from './publish-path';
 import type { BridgeRunResult } from './workers/bridge';
@@ -28,42 +29,9 @@ const DOMAINS = 200;
 const DRIVERS = 2;
 const WORKERS_PER_DRIVER = 4;
 
-interface DriveResult {
-  events: number;
-  errors: number;
-  seconds: number;
-  rate: number;
-  finishedAtMs: number;
-}
-
-/** Every driver process drives its share of `uuids`; resolves with the combined figures. */
-async function drive(drivers: Worker[], uri: string, uuids: string[], events: number, rate: number) {
-  const per = Math.floor(events / drivers.length);
-  const started = Date.now();
-  const results = await Promise.all(
-    drivers.map((driver, d) =>
-      driver.call<DriveResult>(
-        'drive',
-        {
-          uri,
-          uuids: uuids.filter((_, i) => i % drivers.length === d),
-          workers: WORKERS_PER_DRIVER,
-          events: per,
-          rate: rate / drivers.length,
-        },
-        300_000,
-      ),
-    ),
-  );
-  const done = results.reduce((sum, r) => sum + r.events, 0);
-  const finishedAtMs = Math.max(...results.map((r) => r.finishedAtMs));
-  return {
-    events: done,
-    errors: results.reduce((sum, r) => sum + r.errors, 0),
-    seconds: (finishedAtMs - started) / 1000,
-    rate: done / ((finishedAtMs - started) / 1000),
-    finishedAtMs,
-  };
+/** This benchmark's drive: WORKERS_PER_DRIVER clients per driver process. */
+function driveOptions(uri: string, uuids: string[], events: number, rate: number): DriveOptions {
+  return { uri, uuids, events, rate, workersPerDriver: WORKERS_PER_DRIVER, timeoutMs: 300_000 };
 }
 
 /** Waits until the consumer has processed `count` messages since its mark (or the timeout). */
@@ -103,7 +71,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
     // Flat out.
     await consumer.call('mark');
     await bridge.call('begin', { events: flatOut, latency: true });
-    const fast = await drive(drivers, libvirtd.uri, uuids, flatOut, 0);
+    const fast = await driveAll(drivers, driveOptions(libvirtd.uri, uuids, flatOut, 0));
     const fastBridge = await bridge.call<BridgeRunResult>(
       'end',
       { timeoutMs: 120_000, events: fast.events },
@@ -117,7 +85,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult> {
       const events = Math.round(rate * pacedSeconds);
       await consumer.call('mark');
       await bridge.call('begin', { events, latency: true });
-      const driven = await drive(drivers, libvirtd.uri, uuids, events, rate);
+      const driven = await driveAll(drivers, driveOptions(libvirtd.uri, uuids, events, rate));
       const atBridge = await bridge.call<BridgeRunResult>(
         'end',
         { timeoutMs: 120_000, events: driven.events },

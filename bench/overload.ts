@@ -14,6 +14,7 @@
 import { declareTopology, syntheticDomain } from './lib/amqp';
 import type { BenchContext, BenchResult, Figure } from './lib/context';
 import type { Worker } from './lib/ipc';
+import { driveAll } from './lib/drive';
 import { round } from './lib/stats';
 import { schema } from '../src/config/schema';
 import type { BridgeRunResult } from './workers/bridge';
@@ -31,15 +32,6 @@ const DEFAULT_QUEUE_CAPACITY = schema.bridge.queueCapacity.default;
  * on this machine depending on the other load, so this keeps the total above the issue's 13,000/s.
  */
 const INJECT_RATE = Number(process.env.VIRTBUS_BENCH_OVERLOAD_INJECT ?? 10_000);
-
-interface DriveResult {
-  events: number;
-  errors: number;
-  firstError?: string;
-  seconds: number;
-  rate: number;
-  finishedAtMs: number;
-}
 
 export interface IntakeCounters {
   received: number;
@@ -77,36 +69,6 @@ export interface OverloadRun {
   bridgeCpuPercent: number;
 }
 
-async function drive(drivers: Worker[], uri: string, uuids: string[], events: number): Promise<DriveResult> {
-  const per = Math.floor(events / drivers.length);
-  const started = Date.now();
-  const results = await Promise.all(
-    drivers.map((driver, d) =>
-      driver.call<DriveResult>(
-        'drive',
-        {
-          uri,
-          uuids: uuids.filter((_, i) => i % drivers.length === d),
-          workers: WORKERS,
-          events: per,
-          rate: 0,
-        },
-        600_000,
-      ),
-    ),
-  );
-  const finishedAtMs = Math.max(...results.map((r) => r.finishedAtMs));
-  const done = results.reduce((sum, r) => sum + r.events, 0);
-  return {
-    events: done,
-    errors: results.reduce((sum, r) => sum + r.errors, 0),
-    firstError: results.find((r) => r.firstError)?.firstError,
-    seconds: (finishedAtMs - started) / 1000,
-    rate: done / ((finishedAtMs - started) / 1000),
-    finishedAtMs,
-  };
-}
-
 /** One flat-out run against a fresh bridge process (so the queue's high-water mark is this run's). */
 async function overloadRun(
   ctx: BenchContext,
@@ -129,7 +91,14 @@ async function overloadRun(
     const before = await bridge.call<IntakeCounters>('intake');
     await bridge.call('begin', { events, latency: false });
     if (injectRate > 0) await bridge.call('startDroppingInjector', { rate: injectRate, domains: DOMAINS });
-    const driven = await drive(drivers, libvirtUri, uuids, events);
+    const driven = await driveAll(drivers, {
+      uri: libvirtUri,
+      uuids,
+      events,
+      rate: 0,
+      workersPerDriver: WORKERS,
+      timeoutMs: 600_000,
+    });
     const injected =
       injectRate > 0
         ? await bridge.call<{ injected: number; seconds: number }>('stopDroppingInjector')
